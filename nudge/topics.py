@@ -1,0 +1,96 @@
+"""Topic names and their creation.
+
+The event contract names three input topics by *kind* (clicks, purchases,
+app-events); the actual names are settings. `topic_for_event_type` maps an
+event's `type` to the configured topic, which is how producers route events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from nudge.errors import DependencyUnavailable
+from nudge.events import TOPIC_OF_TYPE
+from nudge.settings import Settings
+
+__all__ = ["admin_client", "ensure_topics", "topic_for_event_type", "topic_for_kind"]
+
+log = logging.getLogger(__name__)
+
+
+def topic_for_kind(settings: Settings, kind: str) -> str:
+    """The configured topic of an input kind ('clicks', 'purchases', 'app-events')."""
+    return {
+        "clicks": settings.topic_clicks,
+        "purchases": settings.topic_purchases,
+        "app-events": settings.topic_app_events,
+    }[kind]
+
+
+def topic_for_event_type(settings: Settings, event_type: str) -> str | None:
+    """The topic an event of this type belongs to, or None for an unknown type."""
+    kind = TOPIC_OF_TYPE.get(event_type)
+    return None if kind is None else topic_for_kind(settings, kind)
+
+
+def admin_client(settings: Settings) -> KafkaAdminClient:
+    try:
+        return KafkaAdminClient(
+            bootstrap_servers=settings.kafka_bootstrap, client_id="nudge-admin", request_timeout_ms=15_000
+        )
+    except KafkaError as exc:
+        raise DependencyUnavailable(f"Kafka is not reachable at {settings.kafka_bootstrap} ({exc})") from None
+
+
+def ensure_topics(settings: Settings, names: tuple[str, ...] | None = None) -> list[str]:
+    """Create missing topics with the configured partitions; return those created."""
+    names = settings.all_topics if names is None else names
+    config = {"max.message.bytes": str(settings.max_message_bytes)}
+    admin = admin_client(settings)
+    try:
+        existing = set(admin.list_topics())
+        wanted = [
+            NewTopic(name, settings.partitions, settings.replication, topic_configs=config)
+            for name in names
+            if name not in existing
+        ]
+        created = []
+        for topic in wanted:
+            try:
+                admin.create_topics([topic])
+                created.append(topic.name)
+            except TopicAlreadyExistsError:
+                pass
+        if created:
+            log.info("created topics %s with %d partitions", ", ".join(created), settings.partitions)
+        return created
+    finally:
+        admin.close()
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """`nudge topics`: create missing topics, then list them with partitions."""
+    from nudge.cli import settings_epilog
+
+    parser.epilog = settings_epilog(
+        "kafka_bootstrap", "topic_clicks", "topic_purchases", "topic_app_events", "topic_dlq", "topic_rekeyed", "partitions"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    created = ensure_topics(settings)
+    admin = admin_client(settings)
+    try:
+        described = admin.describe_topics(list(settings.all_topics))
+    finally:
+        admin.close()
+    for topic in sorted(described, key=lambda t: str(t["name"])):
+        mark = " (created)" if topic["name"] in created else ""
+        print(f"{topic['name']:24} {len(topic['partitions'])} partitions{mark}")
+    return 0
