@@ -1,0 +1,361 @@
+"""Per-user state and the fold that advances it: `fold(state, event) -> outcome`.
+
+The streaming engine keeps one `UserState` per user in a changelog-backed
+Faust table and folds every event into it; `UserState.features()` is what
+goes to Redis. Rules, in the order `fold` applies them:
+
+1. Expired: an event older than the dedup memory (`ts` before the day of
+   `as_of - dedup_horizon_ms`, or before days dropped to keep the memory
+   under `dedup_max_ids`) cannot be checked for duplicates, so it is
+   rejected (the worker dead-letters it with reason `too_old`).
+2. Duplicate: an event whose event_id was already folded changes nothing.
+   Ids are remembered as 48-bit hashes in one-day buckets (event time).
+3. Lifetime fields take every other event, however late: events_total,
+   orders_total, spend_total, first_seen (min ts), last_event_ts and
+   last_purchase_ts (max ts). Consent and profile fields are
+   last-writer-wins by event time (equal times: the later arrival wins).
+4. Late: an event more than `grace_ms` older than `as_of` (the latest event
+   time folded so far) counts in late_events and stops here.
+5. Everything else lands in the windowed buckets (features.definitions),
+   the category counts and the cart, and moves `as_of` forward.
+
+All of it depends only on the events and their order per user, never on the
+wall clock: replaying a log gives the same state.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from features.definitions import CATEGORY_BUCKET_MS, CATEGORY_WINDOW_MS, DAY_MS, WINDOWED, cents, money
+from features.lifecycle import classify
+from nudge.events import (
+    ClickEvent,
+    ConsentEvent,
+    Event,
+    LocationEvent,
+    ProfileUpdateEvent,
+    PurchaseEvent,
+)
+
+__all__ = ["FoldConfig", "Outcome", "UserState", "event_hash", "fold"]
+
+_WINDOW_FIELDS = tuple(w.name for w in WINDOWED)
+_PROFILE_FIELDS = ("timezone", "locale", "push_token", "phone")
+_CART_LIMIT = 200
+
+
+class Outcome(enum.Enum):
+    APPLIED = "applied"
+    LATE = "late"
+    DUPLICATE = "duplicate"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class FoldConfig:
+    grace_ms: int = 3_600_000
+    dedup_horizon_ms: int = 7 * DAY_MS
+    dedup_max_ids: int = 4096
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> FoldConfig:
+        return cls(settings.grace_ms, settings.dedup_horizon_ms, settings.dedup_max_ids)
+
+
+def event_hash(event_id: str) -> int:
+    """48-bit hash of an event id: the dedup memory stores these."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=6).digest(), "little")
+
+
+class UserState:
+    """Everything the fold remembers about one user. Mutable; see `fold`."""
+
+    __slots__ = (
+        "as_of",
+        "buckets",
+        "cart",
+        "categories",
+        "consent",
+        "events_total",
+        "first_seen",
+        "floor_day",
+        "last_add_to_cart_ts",
+        "last_event_ts",
+        "last_purchase_ts",
+        "late_events",
+        "location",
+        "orders_total",
+        "profile",
+        "seen",
+        "seen_count",
+        "spend_total_cents",
+        "user_id",
+    )
+
+    def __init__(self, user_id: str) -> None:
+        self.user_id = user_id
+        self.as_of: int | None = None
+        self.first_seen: int | None = None
+        self.last_event_ts: int | None = None
+        self.last_purchase_ts: int | None = None
+        self.last_add_to_cart_ts: int | None = None
+        self.events_total = 0
+        self.orders_total = 0
+        self.spend_total_cents = 0
+        self.late_events = 0
+        # feature name -> {bucket index: value}
+        self.buckets: dict[str, dict[int, int]] = {name: {} for name in _WINDOW_FIELDS}
+        # category -> {day index: interactions}
+        self.categories: dict[str, dict[int, int]] = {}
+        # item_id -> [ts of the latest cart action, 1 added / 0 removed, price cents]
+        self.cart: dict[str, list[int]] = {}
+        # channel -> [ts, 1 opted in / 0 out]
+        self.consent: dict[str, list[int]] = {}
+        # field -> [ts, value]
+        self.profile: dict[str, list[Any]] = {}
+        self.location: list[Any] | None = None  # [ts, lat, lon]
+        # dedup memory: day index -> set of event hashes; days before floor_day are forgotten
+        self.seen: dict[int, set[int]] = {}
+        self.seen_count = 0
+        self.floor_day = 0
+
+    # --- serialisation (the table's changelog) ---------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "u": self.user_id,
+            "as_of": self.as_of,
+            "first_seen": self.first_seen,
+            "last_event_ts": self.last_event_ts,
+            "last_purchase_ts": self.last_purchase_ts,
+            "last_add_to_cart_ts": self.last_add_to_cart_ts,
+            "events_total": self.events_total,
+            "orders_total": self.orders_total,
+            "spend_total_cents": self.spend_total_cents,
+            "late_events": self.late_events,
+            "buckets": {name: [[b, v] for b, v in bs.items()] for name, bs in self.buckets.items() if bs},
+            "categories": {c: [[d, v] for d, v in ds.items()] for c, ds in self.categories.items()},
+            "cart": self.cart,
+            "consent": self.consent,
+            "profile": self.profile,
+            "location": self.location,
+            "seen": {str(day): _pack(hashes) for day, hashes in self.seen.items()},
+            "floor_day": self.floor_day,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UserState:
+        state = cls(data["u"])
+        for name in (
+            "as_of",
+            "first_seen",
+            "last_event_ts",
+            "last_purchase_ts",
+            "last_add_to_cart_ts",
+            "events_total",
+            "orders_total",
+            "spend_total_cents",
+            "late_events",
+            "cart",
+            "consent",
+            "profile",
+            "location",
+            "floor_day",
+        ):
+            setattr(state, name, data[name])
+        for name, pairs in data["buckets"].items():
+            state.buckets[name] = {b: v for b, v in pairs}
+        state.categories = {c: {d: v for d, v in pairs} for c, pairs in data["categories"].items()}
+        state.seen = {int(day): _unpack(blob) for day, blob in data["seen"].items()}
+        state.seen_count = sum(len(h) for h in state.seen.values())
+        return state
+
+    # --- what goes to Redis ------------------------------------------------------
+
+    def features(self) -> dict[str, str]:
+        """The user's features as Redis hash fields (strings; '' when unknown)."""
+        as_of = self.as_of
+        out: dict[str, str] = {
+            "user_id": self.user_id,
+            "as_of": _s(as_of),
+            "first_seen": _s(self.first_seen),
+            "last_event_ts": _s(self.last_event_ts),
+            "last_purchase_ts": _s(self.last_purchase_ts),
+            "last_add_to_cart_ts": _s(self.last_add_to_cart_ts),
+            "events_total": str(self.events_total),
+            "orders_total": str(self.orders_total),
+            "spend_total": money(self.spend_total_cents),
+            "late_events": str(self.late_events),
+        }
+        for w in WINDOWED:
+            total = 0
+            if as_of is not None:
+                lowest = as_of // w.bucket_ms - w.n_buckets + 1
+                total = sum(v for b, v in self.buckets[w.name].items() if b >= lowest)
+            out[w.name] = money(total) if w.scale == 100 else str(total)
+        open_items = [entry for entry in self.cart.values() if entry[1] == 1 and self._after_purchase(entry[0])]
+        out["cart_open"] = "1" if open_items else "0"
+        out["cart_size"] = str(len(open_items))
+        out["cart_value"] = money(sum(entry[2] for entry in open_items))
+        out["top_category"] = self._top_category()
+        out["lifecycle"] = (
+            ""
+            if as_of is None or self.first_seen is None or self.last_event_ts is None
+            else classify(first_seen=self.first_seen, last_event_ts=self.last_event_ts, now=as_of)
+        )
+        out["push_opt_in"] = "1" if self.consent.get("push", [0, 0])[1] else "0"
+        out["sms_opt_in"] = "1" if self.consent.get("sms", [0, 0])[1] else "0"
+        for name in _PROFILE_FIELDS:
+            out[name] = str(self.profile[name][1]) if name in self.profile else ""
+        out["lat"] = "" if self.location is None else repr(self.location[1])
+        out["lon"] = "" if self.location is None else repr(self.location[2])
+        return out
+
+    def _after_purchase(self, ts: int) -> bool:
+        return self.last_purchase_ts is None or ts > self.last_purchase_ts
+
+    def _top_category(self) -> str:
+        if self.as_of is None:
+            return ""
+        lowest = self.as_of // CATEGORY_BUCKET_MS - CATEGORY_WINDOW_MS // CATEGORY_BUCKET_MS + 1
+        best, best_count = "", 0
+        for category in sorted(self.categories):
+            count = sum(v for d, v in self.categories[category].items() if d >= lowest)
+            if count > best_count:
+                best, best_count = category, count
+        return best
+
+    # --- dedup memory -------------------------------------------------------------
+
+    def _remember(self, h: int, day: int, config: FoldConfig) -> None:
+        self.seen.setdefault(day, set()).add(h)
+        self.seen_count += 1
+        while self.seen_count > config.dedup_max_ids and len(self.seen) > 1:
+            oldest = min(self.seen)
+            self.seen_count -= len(self.seen.pop(oldest))
+            self.floor_day = max(self.floor_day, oldest + 1)
+
+    def _is_duplicate(self, h: int) -> bool:
+        return any(h in hashes for hashes in self.seen.values())
+
+    def _prune(self, config: FoldConfig) -> None:
+        """Drop what no window can see any more (as_of just moved forward)."""
+        as_of = self.as_of
+        assert as_of is not None
+        for w in WINDOWED:
+            lowest = as_of // w.bucket_ms - w.n_buckets + 1
+            bs = self.buckets[w.name]
+            if bs and min(bs) < lowest:
+                self.buckets[w.name] = {b: v for b, v in bs.items() if b >= lowest}
+        lowest_day = as_of // CATEGORY_BUCKET_MS - CATEGORY_WINDOW_MS // CATEGORY_BUCKET_MS + 1
+        for category in list(self.categories):
+            days = {d: v for d, v in self.categories[category].items() if d >= lowest_day}
+            if days:
+                self.categories[category] = days
+            else:
+                del self.categories[category]
+        floor = (as_of - config.dedup_horizon_ms) // DAY_MS
+        if floor > self.floor_day:
+            self.floor_day = floor
+            for day in [d for d in self.seen if d < floor]:
+                self.seen_count -= len(self.seen.pop(day))
+
+
+def fold(state: UserState, event: Event, config: FoldConfig) -> Outcome:
+    """Fold one event into `state` (in place) and say what happened to it."""
+    ts = event.ts
+    day = ts // DAY_MS
+    if state.as_of is not None and day < max(state.floor_day, (state.as_of - config.dedup_horizon_ms) // DAY_MS):
+        return Outcome.EXPIRED
+    h = event_hash(event.event_id)
+    if state._is_duplicate(h):
+        return Outcome.DUPLICATE
+    state._remember(h, day, config)
+
+    # 3. lifetime, profile and consent: every event, however late
+    state.events_total += 1
+    state.first_seen = ts if state.first_seen is None else min(state.first_seen, ts)
+    state.last_event_ts = ts if state.last_event_ts is None else max(state.last_event_ts, ts)
+    if isinstance(event, PurchaseEvent):
+        state.orders_total += 1
+        state.spend_total_cents += cents(event.total)
+        state.last_purchase_ts = ts if state.last_purchase_ts is None else max(state.last_purchase_ts, ts)
+    elif isinstance(event, ConsentEvent):
+        _lww(state.consent, event.channel, ts, 1 if event.type == "opt_in" else 0)
+    elif isinstance(event, ProfileUpdateEvent):
+        for name in _PROFILE_FIELDS:
+            value = getattr(event, name)
+            if value is not None:
+                _lww(state.profile, name, ts, value)
+    elif isinstance(event, LocationEvent) and (state.location is None or ts >= state.location[0]):
+        state.location = [ts, event.lat, event.lon]
+
+    # 4. late events stop here
+    if state.as_of is not None and ts < state.as_of - config.grace_ms:
+        state.late_events += 1
+        return Outcome.LATE
+
+    # 5. windows, categories, cart
+    kind = event.type
+    for w in WINDOWED:
+        if w.event_types is None or kind in w.event_types:
+            b = ts // w.bucket_ms
+            bs = state.buckets[w.name]
+            bs[b] = bs.get(b, 0) + w.value(event)
+    if isinstance(event, ClickEvent):
+        if event.category:
+            _count(state.categories, event.category, ts // CATEGORY_BUCKET_MS)
+        if kind == "add_to_cart" or kind == "remove_from_cart":
+            _cart(state, event, ts)
+    elif isinstance(event, PurchaseEvent):
+        for item in event.items:
+            if item.category:
+                _count(state.categories, item.category, ts // CATEGORY_BUCKET_MS)
+    if state.as_of is None or ts > state.as_of:
+        state.as_of = ts
+        state._prune(config)
+    return Outcome.APPLIED
+
+
+def _lww(table: dict[str, list[Any]], name: str, ts: int, value: Any) -> None:
+    current = table.get(name)
+    if current is None or ts >= current[0]:
+        table[name] = [ts, value]
+
+
+def _count(categories: dict[str, dict[int, int]], category: str, day: int) -> None:
+    days = categories.setdefault(category, {})
+    days[day] = days.get(day, 0) + 1
+
+
+def _cart(state: UserState, event: ClickEvent, ts: int) -> None:
+    added = event.type == "add_to_cart"
+    if added:
+        state.last_add_to_cart_ts = ts if state.last_add_to_cart_ts is None else max(state.last_add_to_cart_ts, ts)
+    item = event.item_id or ""
+    current = state.cart.get(item)
+    if current is None or ts >= current[0]:
+        state.cart[item] = [ts, 1 if added else 0, cents(event.price or 0.0) if added else 0]
+    # Entries older than the last purchase are closed: forget them.
+    if state.last_purchase_ts is not None or len(state.cart) > _CART_LIMIT:
+        keep = sorted(state.cart.items(), key=lambda kv: kv[1][0])[-_CART_LIMIT:]
+        state.cart = {k: v for k, v in keep if state._after_purchase(v[0])}
+
+
+def _pack(hashes: set[int]) -> str:
+    return base64.b64encode(b"".join(h.to_bytes(6, "little") for h in sorted(hashes))).decode()
+
+
+def _unpack(blob: str) -> set[int]:
+    raw = base64.b64decode(blob)
+    return {int.from_bytes(raw[i : i + 6], "little") for i in range(0, len(raw), 6)}
+
+
+def _s(value: int | None) -> str:
+    return "" if value is None else str(value)
+
