@@ -30,7 +30,22 @@ __all__ = ["classify_events", "compute", "user_features"]
 
 
 def classify_events(events: list[Event], config: FoldConfig) -> list[tuple[Event, Outcome]]:
-    """One user's events in arrival order, each with what the stream must do with it."""
+    """One user's events in arrival order, each with what the stream must do with it.
+
+    Arrival order is judged per topic kind (see features.state): each kind is
+    classified on its own, so only the order within a topic matters.
+    """
+    by_kind: dict[str, list[tuple[int, Event]]] = defaultdict(list)
+    for i, ev in enumerate(events):
+        by_kind[ev.topic_kind].append((i, ev))
+    ranked: list[tuple[int, Event, Outcome]] = []
+    for kind_events in by_kind.values():
+        outcomes = _classify_one_stream([ev for _, ev in kind_events], config)
+        ranked.extend((i, ev, outcome) for (i, _), (ev, outcome) in zip(kind_events, outcomes, strict=True))
+    return [(ev, outcome) for _, ev, outcome in sorted(ranked, key=lambda r: r[0])]
+
+
+def _classify_one_stream(events: list[Event], config: FoldConfig) -> list[tuple[Event, Outcome]]:
     out: list[tuple[Event, Outcome]] = []
     seen: dict[str, int] = {}  # event_id -> day, for ids still remembered
     per_day: dict[int, int] = defaultdict(int)

@@ -4,9 +4,16 @@ The streaming engine keeps one `UserState` per user in a changelog-backed
 Faust table and folds every event into it; `UserState.features()` is what
 goes to Redis. Rules, in the order `fold` applies them:
 
-1. Expired: an event older than the dedup memory (`ts` before the day of
-   `as_of - dedup_horizon_ms`, or before days dropped to keep the memory
-   under `dedup_max_ids`) cannot be checked for duplicates, so it is
+Kafka orders a user's events only within one topic, and the three input
+topics are consumed at their own pace. So everything that depends on arrival
+order is judged per *stream*, the event's topic kind (clicks, purchases,
+app-events): each stream has its own watermark (the latest event time it
+brought) and its own dedup memory. That makes the state the same however the
+topics interleave, which is what lets a replay reproduce it exactly.
+
+1. Expired: an event older than its stream's dedup memory (`ts` before the
+   day of `watermark - dedup_horizon_ms`, or before days dropped to keep the
+   memory under `dedup_max_ids`) cannot be checked for duplicates, so it is
    rejected (the worker dead-letters it with reason `too_old`).
 2. Duplicate: an event whose event_id was already folded changes nothing.
    Ids are remembered as 48-bit hashes in one-day buckets (event time).
@@ -14,10 +21,11 @@ goes to Redis. Rules, in the order `fold` applies them:
    orders_total, spend_total, first_seen (min ts), last_event_ts and
    last_purchase_ts (max ts). Consent and profile fields are
    last-writer-wins by event time (equal times: the later arrival wins).
-4. Late: an event more than `grace_ms` older than `as_of` (the latest event
-   time folded so far) counts in late_events and stops here.
+4. Late: an event more than `grace_ms` older than its stream's watermark
+   counts in late_events and stops here.
 5. Everything else lands in the windowed buckets (features.definitions),
-   the category counts and the cart, and moves `as_of` forward.
+   the category counts and the cart, and moves its stream's watermark and
+   `as_of` (the latest of the watermarks) forward.
 
 All of it depends only on the events and their order per user, never on the
 wall clock: replaying a log gives the same state.
@@ -83,7 +91,6 @@ class UserState:
         "consent",
         "events_total",
         "first_seen",
-        "floor_day",
         "last_add_to_cart_ts",
         "last_event_ts",
         "last_purchase_ts",
@@ -91,9 +98,8 @@ class UserState:
         "location",
         "orders_total",
         "profile",
-        "seen",
-        "seen_count",
         "spend_total_cents",
+        "streams",
         "user_id",
     )
 
@@ -119,10 +125,8 @@ class UserState:
         # field -> [ts, value]
         self.profile: dict[str, list[Any]] = {}
         self.location: list[Any] | None = None  # [ts, lat, lon]
-        # dedup memory: day index -> set of event hashes; days before floor_day are forgotten
-        self.seen: dict[int, set[int]] = {}
-        self.seen_count = 0
-        self.floor_day = 0
+        # per topic kind: watermark and dedup memory
+        self.streams: dict[str, StreamMemory] = {}
 
     # --- serialisation (the table's changelog) ---------------------------------
 
@@ -144,8 +148,7 @@ class UserState:
             "consent": self.consent,
             "profile": self.profile,
             "location": self.location,
-            "seen": {str(day): _pack(hashes) for day, hashes in self.seen.items()},
-            "floor_day": self.floor_day,
+            "streams": {kind: mem.to_dict() for kind, mem in self.streams.items()},
         }
 
     @classmethod
@@ -165,14 +168,12 @@ class UserState:
             "consent",
             "profile",
             "location",
-            "floor_day",
         ):
             setattr(state, name, data[name])
         for name, pairs in data["buckets"].items():
             state.buckets[name] = {b: v for b, v in pairs}
         state.categories = {c: {d: v for d, v in pairs} for c, pairs in data["categories"].items()}
-        state.seen = {int(day): _unpack(blob) for day, blob in data["seen"].items()}
-        state.seen_count = sum(len(h) for h in state.seen.values())
+        state.streams = {kind: StreamMemory.from_dict(d) for kind, d in data["streams"].items()}
         return state
 
     # --- what goes to Redis ------------------------------------------------------
@@ -230,19 +231,6 @@ class UserState:
                 best, best_count = category, count
         return best
 
-    # --- dedup memory -------------------------------------------------------------
-
-    def _remember(self, h: int, day: int, config: FoldConfig) -> None:
-        self.seen.setdefault(day, set()).add(h)
-        self.seen_count += 1
-        while self.seen_count > config.dedup_max_ids and len(self.seen) > 1:
-            oldest = min(self.seen)
-            self.seen_count -= len(self.seen.pop(oldest))
-            self.floor_day = max(self.floor_day, oldest + 1)
-
-    def _is_duplicate(self, h: int) -> bool:
-        return any(h in hashes for hashes in self.seen.values())
-
     def _prune(self, config: FoldConfig) -> None:
         """Drop what no window can see any more (as_of just moved forward)."""
         as_of = self.as_of
@@ -259,23 +247,75 @@ class UserState:
                 self.categories[category] = days
             else:
                 del self.categories[category]
-        floor = (as_of - config.dedup_horizon_ms) // DAY_MS
+
+
+class StreamMemory:
+    """What one user's stream (topic kind) remembers: its watermark and the
+    ids of its recent events, as {day index: hashes}; days before
+    `floor_day` are forgotten."""
+
+    __slots__ = ("count", "floor_day", "seen", "watermark")
+
+    def __init__(self) -> None:
+        self.watermark: int | None = None
+        self.floor_day = 0
+        self.seen: dict[int, set[int]] = {}
+        self.count = 0
+
+    def expired(self, day: int, config: FoldConfig) -> bool:
+        if self.watermark is None:
+            return False
+        return day < max(self.floor_day, (self.watermark - config.dedup_horizon_ms) // DAY_MS)
+
+    def remember(self, h: int, day: int, config: FoldConfig) -> bool:
+        """Add an id; False if it was already there (a duplicate)."""
+        for hashes in self.seen.values():
+            if h in hashes:
+                return False
+        self.seen.setdefault(day, set()).add(h)
+        self.count += 1
+        while self.count > config.dedup_max_ids and len(self.seen) > 1:
+            oldest = min(self.seen)
+            self.count -= len(self.seen.pop(oldest))
+            self.floor_day = max(self.floor_day, oldest + 1)
+        return True
+
+    def advance(self, ts: int, config: FoldConfig) -> None:
+        self.watermark = ts
+        floor = (ts - config.dedup_horizon_ms) // DAY_MS
         if floor > self.floor_day:
             self.floor_day = floor
             for day in [d for d in self.seen if d < floor]:
-                self.seen_count -= len(self.seen.pop(day))
+                self.count -= len(self.seen.pop(day))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "watermark": self.watermark,
+            "floor_day": self.floor_day,
+            "seen": {str(day): _pack(hashes) for day, hashes in self.seen.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StreamMemory:
+        mem = cls()
+        mem.watermark = data["watermark"]
+        mem.floor_day = data["floor_day"]
+        mem.seen = {int(day): _unpack(blob) for day, blob in data["seen"].items()}
+        mem.count = sum(len(h) for h in mem.seen.values())
+        return mem
 
 
 def fold(state: UserState, event: Event, config: FoldConfig) -> Outcome:
     """Fold one event into `state` (in place) and say what happened to it."""
     ts = event.ts
     day = ts // DAY_MS
-    if state.as_of is not None and day < max(state.floor_day, (state.as_of - config.dedup_horizon_ms) // DAY_MS):
+    stream = state.streams.get(event.topic_kind)
+    if stream is None:
+        stream = state.streams[event.topic_kind] = StreamMemory()
+    if stream.expired(day, config):
         return Outcome.EXPIRED
-    h = event_hash(event.event_id)
-    if state._is_duplicate(h):
+    if not stream.remember(event_hash(event.event_id), day, config):
         return Outcome.DUPLICATE
-    state._remember(h, day, config)
 
     # 3. lifetime, profile and consent: every event, however late
     state.events_total += 1
@@ -296,9 +336,11 @@ def fold(state: UserState, event: Event, config: FoldConfig) -> Outcome:
         state.location = [ts, event.lat, event.lon]
 
     # 4. late events stop here
-    if state.as_of is not None and ts < state.as_of - config.grace_ms:
+    if stream.watermark is not None and ts < stream.watermark - config.grace_ms:
         state.late_events += 1
         return Outcome.LATE
+    if stream.watermark is None or ts > stream.watermark:
+        stream.advance(ts, config)
 
     # 5. windows, categories, cart
     kind = event.type

@@ -44,7 +44,6 @@ class EventProducer:
             "linger_ms": linger_ms,
             "batch_size": batch_size,
             "max_request_size": settings.max_message_bytes,
-            "buffer_memory": 64 * 1024 * 1024,
             "retries": 2_147_483_647,
             "delivery_timeout_ms": 120_000,
         }

@@ -160,3 +160,27 @@ def test_top_category_ties_go_alphabetically() -> None:
     for i, cat in enumerate(["toys", "books", "toys", "books"]):
         fold(state, make(i, "page_view", T0 + i, category=cat), FoldConfig())
     assert state.features()["top_category"] == "books"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_state_does_not_depend_on_how_topics_interleave(seed: int) -> None:
+    # Kafka keeps order only within a topic: any merge of the per-topic
+    # sequences must give the same state.
+    events = random_log(seed, n=2000, users=5)
+    rng = random.Random(seed)
+    per_kind: dict[str, list[Event]] = {}
+    for ev in events:
+        per_kind.setdefault(ev.topic_kind, []).append(ev)
+    merged: list[Event] = []
+    queues = {k: list(v) for k, v in per_kind.items()}
+    while queues:
+        kind = rng.choice(sorted(queues))
+        merged.extend(queues[kind][: rng.randrange(1, 300)])
+        taken = sum(1 for e in merged if e.topic_kind == kind)
+        queues[kind] = per_kind[kind][taken:]
+        if not queues[kind]:
+            del queues[kind]
+    assert len(merged) == len(events)
+    config = FoldConfig()
+    assert stream_features(merged, config) == stream_features(events, config)
+    assert batch.compute(merged, config) == batch.compute(events, config)

@@ -1,0 +1,65 @@
+"""Every metric the stream worker exports, in one place (names `nudge_*`).
+
+Labels are low-cardinality only (topic, reason, outcome): never a user id.
+The worker serves them on /metrics (its Faust web port).
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["StreamMetrics"]
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_FRESHNESS_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000)
+
+
+class StreamMetrics:
+    """The worker's metrics, registered in `registry` (a fresh one per app)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events = Counter(
+            "nudge_stream_events_total",
+            "Input messages by what happened to them (applied, late, duplicate, expired, rejected, rekeyed)",
+            ["topic", "outcome"],
+            registry=r,
+        )
+        self.dlq = Counter("nudge_stream_dlq_total", "Messages sent to the dead-letter topic, by reason", ["reason"], registry=r)
+        self.batch_size = Histogram(
+            "nudge_stream_batch_size", "Messages per processed batch", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.batch_seconds = Histogram(
+            "nudge_stream_batch_seconds", "Time to fold, persist and write one batch", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.freshness = Histogram(
+            "nudge_stream_freshness_seconds",
+            "Kafka message timestamp to Redis write, per message",
+            buckets=_FRESHNESS_BUCKETS,
+            registry=r,
+        )
+        self.redis_write_seconds = Histogram(
+            "nudge_redis_write_seconds", "One pipelined Redis write of a batch", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.redis_errors = Counter("nudge_redis_write_errors_total", "Failed Redis writes (retried)", registry=r)
+        self.redis_up = Gauge("nudge_redis_up", "1 when the last Redis write succeeded", registry=r)
+        self.users_written = Counter("nudge_redis_users_written_total", "User hashes written", registry=r)
+        self.last_commit = Gauge(
+            "nudge_stream_last_commit_timestamp_seconds", "Wall time of the last offset commit", registry=r
+        )
+        self.last_batch = Gauge(
+            "nudge_stream_last_batch_timestamp_seconds", "Wall time the last batch finished", registry=r
+        )
+        self.watermark = Gauge(
+            "nudge_stream_event_time_watermark_seconds", "Latest event time folded by this worker", registry=r
+        )
+        self.recovery_seconds = Gauge(
+            "nudge_stream_table_recovery_seconds", "Time the last table recovery took", registry=r
+        )
+
+    def committed(self) -> None:
+        self.last_commit.set(time.time())
