@@ -55,6 +55,9 @@ def _one(_event: Event) -> int:
     return 1
 
 
+_ONE = _one  # the default `value`: engines may treat it as the constant 1
+
+
 def _order_total_cents(event: Event) -> int:
     assert isinstance(event, PurchaseEvent)
     return cents(event.total)
@@ -73,7 +76,7 @@ class Windowed:
     event_types: frozenset[str] | None
     window_ms: int
     bucket_ms: int
-    value: Callable[[Event], int] = _one
+    value: Callable[[Event], int] = _ONE
     scale: int = 1
     doc: str = ""
 

@@ -33,15 +33,15 @@ wall clock: replaying a log gives the same state.
 
 from __future__ import annotations
 
-import base64
 import enum
 import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from features.definitions import CATEGORY_BUCKET_MS, CATEGORY_WINDOW_MS, DAY_MS, WINDOWED, cents, money
+from features.definitions import _ONE, CATEGORY_BUCKET_MS, CATEGORY_WINDOW_MS, DAY_MS, WINDOWED, cents, money
 from features.lifecycle import classify
 from nudge.events import (
+    EVENT_TYPES,
     ClickEvent,
     ConsentEvent,
     Event,
@@ -55,6 +55,16 @@ __all__ = ["FoldConfig", "Outcome", "UserState", "event_hash", "fold"]
 _WINDOW_FIELDS = tuple(w.name for w in WINDOWED)
 _PROFILE_FIELDS = ("timezone", "locale", "push_token", "phone")
 _CART_LIMIT = 200
+_PRUNE_EVERY_MS = 3_600_000
+# event type -> [(window name, bucket ms, value function or None for 1)]
+_WINDOWS_BY_TYPE: dict[str, list[tuple[str, int, Any]]] = {
+    t: [
+        (w.name, w.bucket_ms, None if w.value is _ONE else w.value)
+        for w in WINDOWED
+        if w.applies_to(t)
+    ]
+    for t in EVENT_TYPES
+}
 
 
 class Outcome(enum.Enum):
@@ -101,6 +111,7 @@ class UserState:
         "spend_total_cents",
         "streams",
         "user_id",
+        "written",
     )
 
     def __init__(self, user_id: str) -> None:
@@ -127,6 +138,9 @@ class UserState:
         self.location: list[Any] | None = None  # [ts, lat, lon]
         # per topic kind: watermark and dedup memory
         self.streams: dict[str, StreamMemory] = {}
+        # What a store last wrote for this object, (seq, fields): lets the
+        # writer send only changed fields. Transient: never serialised.
+        self.written: tuple[int, dict[str, str]] | None = None
 
     # --- serialisation (the table's changelog) ---------------------------------
 
@@ -292,7 +306,7 @@ class StreamMemory:
         return {
             "watermark": self.watermark,
             "floor_day": self.floor_day,
-            "seen": {str(day): _pack(hashes) for day, hashes in self.seen.items()},
+            "seen": {str(day): list(hashes) for day, hashes in self.seen.items()},
         }
 
     @classmethod
@@ -300,7 +314,7 @@ class StreamMemory:
         mem = cls()
         mem.watermark = data["watermark"]
         mem.floor_day = data["floor_day"]
-        mem.seen = {int(day): _unpack(blob) for day, blob in data["seen"].items()}
+        mem.seen = {int(day): set(hashes) for day, hashes in data["seen"].items()}
         mem.count = sum(len(h) for h in mem.seen.values())
         return mem
 
@@ -344,11 +358,11 @@ def fold(state: UserState, event: Event, config: FoldConfig) -> Outcome:
 
     # 5. windows, categories, cart
     kind = event.type
-    for w in WINDOWED:
-        if w.event_types is None or kind in w.event_types:
-            b = ts // w.bucket_ms
-            bs = state.buckets[w.name]
-            bs[b] = bs.get(b, 0) + w.value(event)
+    buckets = state.buckets
+    for name, bucket_ms, value in _WINDOWS_BY_TYPE[kind]:
+        b = ts // bucket_ms
+        bs = buckets[name]
+        bs[b] = bs.get(b, 0) + (1 if value is None else value(event))
     if isinstance(event, ClickEvent):
         if event.category:
             _count(state.categories, event.category, ts // CATEGORY_BUCKET_MS)
@@ -359,8 +373,13 @@ def fold(state: UserState, event: Event, config: FoldConfig) -> Outcome:
             if item.category:
                 _count(state.categories, item.category, ts // CATEGORY_BUCKET_MS)
     if state.as_of is None or ts > state.as_of:
-        state.as_of = ts
-        state._prune(config)
+        # Pruning only bounds memory (outputs filter by window anyway), so
+        # do it when as_of enters a new hour, not on every event.
+        if state.as_of is None or ts // _PRUNE_EVERY_MS != state.as_of // _PRUNE_EVERY_MS:
+            state.as_of = ts
+            state._prune(config)
+        else:
+            state.as_of = ts
     return Outcome.APPLIED
 
 
@@ -387,15 +406,6 @@ def _cart(state: UserState, event: ClickEvent, ts: int) -> None:
     if state.last_purchase_ts is not None or len(state.cart) > _CART_LIMIT:
         keep = sorted(state.cart.items(), key=lambda kv: kv[1][0])[-_CART_LIMIT:]
         state.cart = {k: v for k, v in keep if state._after_purchase(v[0])}
-
-
-def _pack(hashes: set[int]) -> str:
-    return base64.b64encode(b"".join(h.to_bytes(6, "little") for h in sorted(hashes))).decode()
-
-
-def _unpack(blob: str) -> set[int]:
-    raw = base64.b64decode(blob)
-    return {int.from_bytes(raw[i : i + 6], "little") for i in range(0, len(raw), 6)}
 
 
 def _s(value: int | None) -> str:

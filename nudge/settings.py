@@ -133,6 +133,10 @@ class Settings:
     def _env(cls, name: str) -> str:
         return str(next(f.metadata["env"] for f in dataclasses.fields(cls) if f.name == name))
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as NUDGE_* env vars, for a child process."""
+        return {f.metadata["env"]: str(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
     def redacted(self) -> dict[str, str]:
         """Current values for display, secrets masked."""
         out = {}

@@ -24,6 +24,8 @@ makes that replay a no-op.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -33,7 +35,7 @@ import faust
 import orjson
 from faust.sensors import Sensor
 from faust.serializers import codecs
-from faust.types import EventT
+from faust.types import TP, EventT
 from kafka.partitioner.default import murmur2
 from prometheus_client import generate_latest
 
@@ -62,12 +64,47 @@ class UserStateCodec(codecs.Codec):
         return UserState.from_dict(orjson.loads(s))
 
 
-codecs.register("nudge-user-state", UserStateCodec())
+_CODEC = UserStateCodec()
+codecs.register("nudge-user-state", _CODEC)
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def expected_partition(key: bytes, partitions: int) -> int:
     """The partition Kafka's default (murmur2) partitioner gives `key`."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class UserStateTable(faust.Table):  # type: ignore[misc]
+    """A Faust table whose changelog is produced in bulk, once per batch.
+
+    Faust sends one changelog message per `table[key] = value` through its
+    producer buffer, which awaits each send in turn; under load the worker
+    spent its time in "producer buffer full" waits. Here `on_key_set` only
+    records the change; `flush_changelog` produces all of a batch's changes
+    at once, waits for every ack, and records the persisted offsets exactly
+    as Faust's own callback does (RocksDB uses them at recovery).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending_changelog: list[tuple[int, bytes, Any]] = []
+
+    def on_key_set(self, key: Any, value: Any) -> None:
+        self._pending_changelog.append((self.partition_for_key(key), key, value))
+        self._sensor_on_set(self, key, value)
+
+    def take_changelog(self) -> list[tuple[int, bytes, bytes]]:
+        """The changes recorded since the last call, serialised for the changelog."""
+        pending, self._pending_changelog = self._pending_changelog, []
+        return [(partition, key, _CODEC.dumps(value)) for partition, key, value in pending]
+
+    def record_persisted(self, metadata: Sequence[Any]) -> None:
+        highest: dict[TP, int] = {}
+        for md in metadata:
+            tp = TP(md.topic, md.partition)
+            highest[tp] = max(highest.get(tp, -1), md.offset)
+        for tp, offset in highest.items():
+            self.data.set_persisted_offset(tp, offset)
 
 
 class _CommitSensor(Sensor):
@@ -90,74 +127,82 @@ class UserStateUpdater:
         self.metrics = metrics
         self.store = store
         self.config = FoldConfig.from_settings(settings)
-        self.table = app.Table(
-            TABLE_NAME,
-            default=None,
-            partitions=settings.partitions,
-            key_type=bytes,
-            # Keys are user ids, hashed like the input topics' keys: the
-            # changelog partition is the user's input partition.
-            use_partitioner=True,
+        self.table: UserStateTable = app.tables.add(
+            UserStateTable(
+                app,
+                name=TABLE_NAME,
+                default=None,
+                partitions=settings.partitions,
+                key_type=bytes,
+                beacon=app.tables.beacon,
+                help="per-user feature state (features.state.UserState)",
+            )
         )
         # Faust derives a value serializer only from model types; set ours
         # before the store and changelog topic (created lazily) read it.
         self.table.value_serializer = "nudge-user-state"
-        self.dlq = app.topic(settings.topic_dlq, key_serializer="raw", value_serializer="raw")
-        self.rekeyed = app.topic(
-            settings.topic_rekeyed, key_serializer="raw", value_serializer="raw", partitions=settings.partitions
-        )
+        self._outbox: list[tuple[str, bytes | None, bytes | None, Any]] = []
 
     def _dead_letter(self, message: Any, reason: str, detail: str) -> None:
-        self.dlq.send_soon(
-            key=message.key,
-            value=message.value,
-            headers=dlq_headers(
-                reason,
-                detail,
-                topic=message.topic,
-                partition=message.partition,
-                offset=message.offset,
-                timestamp_ms=int(message.timestamp * 1000) if message.timestamp else None,
-            ),
+        headers = dlq_headers(
+            reason,
+            detail,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            timestamp_ms=int(message.timestamp * 1000) if message.timestamp else None,
         )
+        self._outbox.append((self.settings.topic_dlq, message.key, message.value, headers))
         self.metrics.dlq.labels(reason).inc()
         self.metrics.events.labels(message.topic, "rejected").inc()
 
-    async def process(self, events: Sequence[EventT]) -> None:
+    async def _send_all(self) -> None:
+        """Produce the batch's changelog, DLQ and re-keyed messages; wait for every ack."""
+        producer = self.app.producer
+        changelog_topic = self.table.changelog_topic.get_topic_name()
+        futures = []
+        for partition, key, value in self.table.take_changelog():
+            futures.append(await producer.send(changelog_topic, key, value, partition, None, None))
+        n_changelog = len(futures)
+        outbox, self._outbox = self._outbox, []
+        for topic, key, value, headers in outbox:
+            futures.append(await producer.send(topic, key, value, None, None, headers))
+        if futures:
+            results = await asyncio.gather(*futures)
+            self.table.record_persisted(results[:n_changelog])
+
+    async def process(self, stream: Any, events: Sequence[EventT]) -> None:
         started = time.perf_counter()
         settings = self.settings
         partitions = settings.partitions
         rekeyed_topic = settings.topic_rekeyed
         table = self.table
         counts: dict[tuple[str, str], int] = {}
-        touched: dict[str, UserState] = {}
+        touched: dict[str, tuple[UserState, EventT]] = {}
         oldest_ts: dict[str, float] = {}
         for event in events:
             message = event.message
             topic = message.topic
             try:
-                parsed = parse_event(
-                    message.value, max_bytes=settings.max_event_bytes, max_future_ms=settings.max_future_ms
-                )
+                parsed = parse_event(message.value, max_bytes=settings.max_event_bytes, max_future_ms=settings.max_future_ms)
                 if isinstance(parsed, Rejection):
                     self._dead_letter(message, parsed.reason, parsed.detail)
                     continue
                 uid = parsed.user_id
                 key = uid.encode()
                 if topic != rekeyed_topic and (message.key != key or message.partition != expected_partition(key, partitions)):
-                    self.rekeyed.send_soon(key=key, value=message.value, headers=message.headers)
+                    self._outbox.append((rekeyed_topic, key, message.value, message.headers))
                     outcome = "rekeyed"
                 else:
-                    state = touched.get(uid)
-                    if state is None:
-                        state = table.get(key) or UserState(uid)
+                    entry = touched.get(uid)
+                    state = entry[0] if entry is not None else (table.get(key) or UserState(uid))
                     result = fold(state, parsed, self.config)
                     outcome = result.value
                     if result is Outcome.EXPIRED:
                         self._dead_letter(message, "too_old", f"ts {parsed.ts} is older than the dedup memory of {uid}")
                         continue
                     if result is not Outcome.DUPLICATE:
-                        touched[uid] = state
+                        touched[uid] = (state, event)
                         if uid not in oldest_ts:
                             oldest_ts[uid] = message.timestamp
             except Exception as exc:  # the worker never dies on input
@@ -168,17 +213,25 @@ class UserStateUpdater:
 
         writes: list[UserWrite] = []
         watermark = 0
-        for uid, state in touched.items():
+        for uid, (state, event) in touched.items():
+            # The table (and a RocksDB store) file the key under the partition
+            # of the event being processed: make it the user's last event.
+            stream._set_current_event(event)
             table[uid.encode()] = state
-            fields = state.features()
-            writes.append((uid, state.events_total, fields))
+            base = state.written
+            writes.append(
+                UserWrite(uid, state.events_total, state.features(), *(base if base is not None else (None, None)))
+            )
             watermark = max(watermark, state.as_of or 0)
+        stream._set_current_event(None)
         # Changelog, DLQ and re-keyed messages must be in Kafka before this
         # batch is acknowledged (Faust acks it when this method returns).
-        await self.app.producer.flush()
+        await self._send_all()
         if writes:
             write_started = time.perf_counter()
             written = await self.store.write(writes)
+            for w, (state, _event) in zip(writes, touched.values(), strict=True):
+                state.written = (w.seq, w.fields) if w.stored else None
             self.metrics.redis_write_seconds.observe(time.perf_counter() - write_started)
             self.metrics.users_written.inc(written)
             self.metrics.redis_up.set(1)
@@ -230,7 +283,7 @@ def create_app(settings: Settings, *, web_port: int | None = None, store: Featur
 
         async def update_user_state(stream: faust.StreamT[bytes]) -> None:
             async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-                await updater.process(batch)
+                await updater.process(stream, batch)
 
         update_user_state.__name__ = f"update_user_state_{topic_name.replace('-', '_')}"
         update_user_state.__qualname__ = update_user_state.__name__

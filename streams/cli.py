@@ -41,12 +41,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     import faust
 
+    from nudge.topics import ensure_topics
     from streams.app import create_app
 
     if args.store:
         settings = dataclasses.replace(settings, store=args.store)
     if args.web_port is not None and not 0 < args.web_port < 65536:
         raise SystemExit("nudge worker: error: --web-port must be 1..65535")
+    ensure_topics(settings)  # Faust would auto-create them with the broker's defaults
     app = create_app(settings, web_port=args.web_port)
     worker = faust.Worker(app, loglevel=args.loglevel, quiet=True)
     worker.execute_from_commandline()

@@ -25,6 +25,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import redis.asyncio as aioredis
@@ -36,15 +37,37 @@ __all__ = ["FeatureStore", "InMemoryFeatureStore", "RedisFeatureStore", "UserWri
 
 log = logging.getLogger(__name__)
 
-# A user's fields, as strings, plus its seq.
-UserWrite = tuple[str, int, dict[str, str]]
 
+@dataclass(slots=True)
+class UserWrite:
+    """One user's new state for the store.
+
+    `base_seq`/`base_fields` are what this process last wrote for the user
+    (None: unknown). With a base, only the fields that changed are sent, and
+    Redis applies them only if the hash still holds exactly that base;
+    otherwise the full state is written. `stored` is set by `write`.
+    """
+
+    user_id: str
+    seq: int
+    fields: dict[str, str]
+    base_seq: int | None = None
+    base_fields: dict[str, str] | None = None
+    stored: bool = False
+
+
+# KEYS[1] = the user's hash; ARGV = seq, ttl, base seq ('' = full write), field/value pairs.
+# Returns 1 written, 0 stale (the hash holds a newer seq), -1 the base is gone (send all fields).
 _WRITE_IF_NEWER = """
-local current = tonumber(redis.call('HGET', KEYS[1], 'seq') or '-1')
-if current > tonumber(ARGV[1]) then
+local current = redis.call('HGET', KEYS[1], 'seq')
+if ARGV[3] ~= '' then
+  if current ~= ARGV[3] then
+    return -1
+  end
+elseif current and tonumber(current) > tonumber(ARGV[1]) then
   return 0
 end
-redis.call('HSET', KEYS[1], 'seq', ARGV[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], 'seq', ARGV[1], unpack(ARGV, 4))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """
@@ -104,23 +127,38 @@ class RedisFeatureStore:
         s = self.settings
         now = str(int(time.time() * 1000))
         ttl = str(s.state_ttl_s)
-        async with self.client.pipeline(transaction=False) as pipe:
-            for user_id, seq, fields in users:
-                args: list[str | int] = [seq, ttl, "updated_at", now]
-                for name, value in fields.items():
-                    args.append(name)
-                    args.append(value)
-                await self._script(keys=[s.user_key_prefix + user_id], args=args, client=pipe)
-            for user_id, _seq, fields in users:
-                pipe.xadd(
-                    s.changes_stream,
-                    {"user_id": user_id, "as_of": fields.get("as_of", "")},
-                    maxlen=s.changes_maxlen,
-                    approximate=True,
-                )
-            results = await pipe.execute()
-        written = sum(1 for r in results[: len(users)] if r == 1)
-        self.stale += len(users) - written
+        todo = list(users)
+        written = 0
+        for full in (False, True):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for w in todo:
+                    base = w.base_fields if not full else None
+                    args: list[str | int] = [w.seq, ttl, "" if base is None else str(w.base_seq), "updated_at", now]
+                    for name, value in w.fields.items():
+                        if base is None or base.get(name) != value:
+                            args.append(name)
+                            args.append(value)
+                    await self._script(keys=[s.user_key_prefix + w.user_id], args=args, client=pipe)
+                if not full:
+                    for w in todo:
+                        pipe.xadd(
+                            s.changes_stream,
+                            {"user_id": w.user_id, "as_of": w.fields.get("as_of", "")},
+                            maxlen=s.changes_maxlen,
+                            approximate=True,
+                        )
+                results = await pipe.execute()
+            retry = []
+            for w, result in zip(todo, results, strict=False):
+                if result == -1:
+                    retry.append(w)
+                else:
+                    w.stored = result == 1
+                    written += w.stored
+            self.stale += sum(1 for r in results[: len(todo)] if r == 0)
+            if not retry:
+                break
+            todo = retry
         return written
 
     async def close(self) -> None:
@@ -140,13 +178,14 @@ class InMemoryFeatureStore:
             self.fail_next -= 1
             raise ConnectionError("injected failure")
         written = 0
-        for user_id, seq, fields in users:
-            current = self.hashes.get(user_id)
-            if current is not None and int(current["seq"]) > seq:
+        for w in users:
+            current = self.hashes.get(w.user_id)
+            if current is not None and int(current["seq"]) > w.seq:
                 continue
-            self.hashes[user_id] = {**(current or {}), **fields, "seq": str(seq)}
+            self.hashes[w.user_id] = {**(current or {}), **w.fields, "seq": str(w.seq)}
+            w.stored = True
             written += 1
-        self.changes.extend((u, f.get("as_of", "")) for u, _, f in users)
+        self.changes.extend((w.user_id, w.fields.get("as_of", "")) for w in users)
         return written
 
     async def close(self) -> None:
