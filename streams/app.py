@@ -74,6 +74,14 @@ def expected_partition(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
+def _as_state(value: Any) -> UserState:
+    if isinstance(value, UserState):
+        return value
+    if isinstance(value, bytes | bytearray):
+        value = orjson.loads(value)
+    return UserState.from_dict(value)
+
+
 class UserStateTable(faust.Table):  # type: ignore[misc]
     """A Faust table whose changelog is produced in bulk, once per batch.
 
@@ -88,6 +96,16 @@ class UserStateTable(faust.Table):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._pending_changelog: list[tuple[int, bytes, Any]] = []
+
+    def state(self, key: bytes) -> UserState | None:
+        """The user's state. Depending on the store and on whether it came
+        from changelog recovery, Faust hands back a UserState or its JSON
+        decoded as a dict; both are accepted."""
+        value = self.get(key)
+        return value if value is None or isinstance(value, UserState) else _as_state(value)
+
+    def _to_value(self, v: Any) -> Any:
+        return _as_state(v)
 
     def on_key_set(self, key: Any, value: Any) -> None:
         self._pending_changelog.append((self.partition_for_key(key), key, value))
@@ -142,6 +160,7 @@ class UserStateUpdater:
         # before the store and changelog topic (created lazily) read it.
         self.table.value_serializer = "nudge-user-state"
         self._outbox: list[tuple[str, bytes | None, bytes | None, Any]] = []
+        self._send_lock = asyncio.Lock()
 
     def _dead_letter(self, message: Any, reason: str, detail: str) -> None:
         headers = dlq_headers(
@@ -157,7 +176,17 @@ class UserStateUpdater:
         self.metrics.events.labels(message.topic, "rejected").inc()
 
     async def _send_all(self) -> None:
-        """Produce the batch's changelog, DLQ and re-keyed messages; wait for every ack."""
+        """Produce the batch's changelog, DLQ and re-keyed messages; wait for every ack.
+
+        One agent at a time: the agents share user states, and a snapshot
+        taken earlier must never reach the changelog after a later one (a
+        restart would recover the older state while the newer events are
+        already committed). The lock keeps take-and-send order one order.
+        """
+        async with self._send_lock:
+            await self._send_all_locked()
+
+    async def _send_all_locked(self) -> None:
         producer = self.app.producer
         changelog_topic = self.table.changelog_topic.get_topic_name()
         futures = []
@@ -195,16 +224,19 @@ class UserStateUpdater:
                     outcome = "rekeyed"
                 else:
                     entry = touched.get(uid)
-                    state = entry[0] if entry is not None else (table.get(key) or UserState(uid))
+                    state = entry[0] if entry is not None else (table.state(key) or UserState(uid))
                     result = fold(state, parsed, self.config)
                     outcome = result.value
                     if result is Outcome.EXPIRED:
                         self._dead_letter(message, "too_old", f"ts {parsed.ts} is older than the dedup memory of {uid}")
                         continue
-                    if result is not Outcome.DUPLICATE:
-                        touched[uid] = (state, event)
-                        if uid not in oldest_ts:
-                            oldest_ts[uid] = message.timestamp
+                    # A duplicate changes nothing, but its user is still
+                    # written: after a crash the changelog may hold state
+                    # that never reached Redis, and the redelivered events
+                    # are then all duplicates. The write is idempotent.
+                    touched[uid] = (state, event)
+                    if uid not in oldest_ts:
+                        oldest_ts[uid] = message.timestamp
             except Exception as exc:  # the worker never dies on input
                 log.exception("processing %s[%d]@%d failed", topic, message.partition, message.offset)
                 self._dead_letter(message, "processing_error", f"{type(exc).__name__}: {exc}")
@@ -270,6 +302,9 @@ def create_app(settings: Settings, *, web_port: int | None = None, store: Featur
         producer_max_request_size=settings.max_message_bytes,
         producer_linger_ms=5,
         consumer_auto_offset_reset="earliest",
+        # A killed worker's partitions move on after this, not Faust's 60 s.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=3.0,
         table_cleanup_interval=60.0,
     )
     metrics = StreamMetrics()

@@ -1,0 +1,171 @@
+"""The stream worker against the real stack: its Redis state must equal the
+batch reference on the same log, whatever happens on the way (a kill -9, a
+second worker, a third one joining mid-stream, malformed input)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from features import batch
+from features.state import FoldConfig
+from nudge.events import Event, parse_event_obj
+from nudge.settings import Settings
+from nudge.topics import topic_for_event_type
+from producers.kafka import EventProducer
+from producers.simulator import generate
+from streams.process import WorkerProcess
+
+USERS, DAYS, SEED = 7000, 1.3, 11  # about 124k events of 5.5k users
+
+
+@pytest.fixture(scope="module")
+def sim_log() -> list[dict[str, Any]]:
+    events = list(generate(USERS, DAYS, SEED))
+    assert len(events) >= 100_000
+    assert len({e["user_id"] for e in events}) >= 5_000
+    return events
+
+
+@pytest.fixture(scope="module")
+def reference(sim_log: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    parsed: list[Event] = []
+    for raw in sim_log:
+        ev = parse_event_obj(raw, now_ms=2**53)
+        assert not hasattr(ev, "reason")
+        parsed.append(ev)  # type: ignore[arg-type]
+    return batch.compute(parsed, FoldConfig())
+
+
+def produce(settings: Settings, events: list[dict[str, Any]]) -> None:
+    with EventProducer(settings, client_id="test-worker") as producer:
+        for ev in events:
+            topic = topic_for_event_type(settings, ev["type"])
+            assert topic is not None
+            producer.send(topic, orjson.dumps(ev), key=ev["user_id"].encode())
+
+
+def redis_state(settings: Settings, users: Iterator[str] | list[str]) -> dict[str, dict[str, str]]:
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    users = list(users)
+    out: dict[str, dict[str, str]] = {}
+    for i in range(0, len(users), 1000):
+        pipe = client.pipeline(transaction=False)
+        chunk = users[i : i + 1000]
+        for user in chunk:
+            pipe.hgetall(settings.user_key_prefix + user)
+        for user, fields in zip(chunk, pipe.execute(), strict=True):
+            out[user] = fields
+    client.close()
+    return out
+
+
+def mismatches(settings: Settings, reference: dict[str, dict[str, str]]) -> list[str]:
+    """Users whose Redis hash differs from the reference (on the reference's fields)."""
+    state = redis_state(settings, list(reference))
+    bad = []
+    for user, expected in reference.items():
+        got = state.get(user, {})
+        if any(got.get(k) != v for k, v in expected.items()):
+            bad.append(user)
+    return bad
+
+
+def wait_for_parity(settings: Settings, reference: dict[str, dict[str, str]], workers: list[WorkerProcess], timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    bad: list[str] = list(reference)
+    while time.monotonic() < deadline:
+        for w in workers:
+            w._check_alive()
+        bad = mismatches(settings, reference)
+        if not bad:
+            return
+        time.sleep(2.0)
+    sample = bad[0]
+    got = redis_state(settings, [sample])[sample]
+    diff = {k: (v, got.get(k)) for k, v in reference[sample].items() if got.get(k) != v}
+    pytest.fail(f"{len(bad)} users differ from the batch reference after {timeout:.0f}s; e.g. {sample}: {diff}")
+
+
+def log_path(tmp_path: Path, name: str) -> Path:
+    return tmp_path / f"{name}.log"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_parity_with_batch_reference(
+    unique_topics: Settings, sim_log: list[dict[str, Any]], reference: dict[str, dict[str, str]], tmp_path: Path
+) -> None:
+    produce(unique_topics, sim_log)
+    with WorkerProcess(unique_topics, web_port=free_port(), log_path=log_path(tmp_path, "w1")) as worker:
+        worker.wait_processed(len(sim_log), timeout=300)
+        wait_for_parity(unique_topics, reference, [worker], timeout=60)
+        metrics = worker.metrics()
+    assert worker.total("nudge_stream_dlq_total", metrics) == 0
+    # Every user's hash carries the contract's bookkeeping fields.
+    sample = redis_state(unique_topics, [next(iter(reference))])
+    fields = next(iter(sample.values()))
+    assert {"as_of", "updated_at", "seq", "lifecycle", "top_category", "cart_open"} <= set(fields)
+    client = redis.Redis.from_url(unique_topics.redis_url)
+    assert client.xlen(unique_topics.changes_stream) > 0
+    ttl = client.ttl(unique_topics.user_key_prefix + next(iter(reference)))
+    assert 0 < ttl <= unique_topics.state_ttl_s
+
+
+def test_kill_9_mid_stream_loses_and_doubles_nothing(
+    unique_topics: Settings, sim_log: list[dict[str, Any]], reference: dict[str, dict[str, str]], tmp_path: Path
+) -> None:
+    produce(unique_topics, sim_log)
+    port = free_port()
+    first = WorkerProcess(unique_topics, web_port=port, log_path=log_path(tmp_path, "crash1")).start()
+    try:
+        first.wait_processed(len(sim_log) // 3, timeout=300, poll=0.05)
+    finally:
+        first.kill()
+    assert first.proc is not None and first.proc.returncode == -9
+    assert mismatches(unique_topics, reference), "the crash came too late to test anything"
+    with WorkerProcess(unique_topics, web_port=port, log_path=log_path(tmp_path, "crash2")) as second:
+        wait_for_parity(unique_topics, reference, [second], timeout=300)
+
+
+def test_two_workers_then_a_third_joining_mid_stream(
+    unique_topics: Settings, sim_log: list[dict[str, Any]], reference: dict[str, dict[str, str]], tmp_path: Path
+) -> None:
+    produce(unique_topics, sim_log)
+    workers = [
+        WorkerProcess(unique_topics, web_port=free_port(), log_path=log_path(tmp_path, f"scale{i}")).start()
+        for i in range(2)
+    ]
+    try:
+        deadline = time.monotonic() + 300
+        while sum(w.total("nudge_stream_events_total") for w in workers if _serving(w)) < len(sim_log) // 4:
+            assert time.monotonic() < deadline, "two workers made no progress"
+            time.sleep(0.2)
+        third = WorkerProcess(unique_topics, web_port=free_port(), log_path=log_path(tmp_path, "scale2")).start()
+        workers.append(third)
+        wait_for_parity(unique_topics, reference, workers, timeout=300)
+        busy = [w for w in workers if w.total("nudge_stream_events_total") > 0]
+        assert len(busy) >= 2, "the partitions were not shared"
+    finally:
+        for w in workers:
+            w.stop()
+
+
+def _serving(worker: WorkerProcess) -> bool:
+    try:
+        worker.metrics()
+        return True
+    except OSError:
+        return False
