@@ -296,7 +296,10 @@ def create_app(settings: Settings, *, web_port: int | None = None, store: Featur
         web_host="0.0.0.0",
         web_in_thread=False,
         stream_buffer_maxsize=max(4 * settings.batch_max, 8192),
-        stream_wait_empty=False,
+        # On a rebalance, finish (and commit) what is buffered before giving
+        # partitions away, so the next owner starts from committed offsets
+        # and recovers a changelog no old owner still writes to.
+        stream_wait_empty=True,
         broker_max_poll_records=settings.batch_max * 2,
         consumer_max_fetch_size=settings.max_message_bytes,
         producer_max_request_size=settings.max_message_bytes,
