@@ -57,7 +57,7 @@ SCHEMA_VERSION = 1
 MAX_EVENT_BYTES = 64 * 1024
 
 Id = Annotated[str, Field(min_length=1, max_length=128, strict=True)]
-Money = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Money = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]
 
 
 
@@ -192,8 +192,8 @@ class LocationEvent(_Envelope):
 
     topic_kind = "app-events"
     type: Literal["location"]
-    lat: Annotated[float, Field(ge=-90, le=90)]
-    lon: Annotated[float, Field(ge=-180, le=180)]
+    lat: Annotated[float, Field(ge=-90, le=90, strict=True)]
+    lon: Annotated[float, Field(ge=-180, le=180, strict=True)]
 
 
 Event = Annotated[
