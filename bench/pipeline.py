@@ -43,7 +43,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", type=int, default=200_000, help="messages for the throughput runs [%(default)s]")
     parser.add_argument("--users", type=int, default=20_000, help="simulated users [%(default)s]")
     parser.add_argument("--freshness-seconds", type=float, default=20.0, help="length of the latency run [%(default)s]")
-    parser.add_argument("--out-dir", type=Path, default=Path("bench-results"), help="where JSON and PNG go [%(default)s]")
+    parser.add_argument(
+        "--out-dir", type=Path, default=Path("bench-results"), help="where JSON and PNG go [%(default)s]"
+    )
     parser.add_argument("--web-port", type=int, default=6199, help="worker port used by the benchmark [%(default)s]")
     parser.add_argument("--skip-recovery", action="store_true", help="skip the table recovery measurement")
     parser.set_defaults(func=run)
@@ -114,7 +116,7 @@ def _freshness(settings: Settings, rate: float, seconds: float, users: int) -> d
     changes-stream entry of its user whose as_of covers it."""
     from producers.kafka import EventProducer
 
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     start_id = f"{int(time.time() * 1000)}-0"
     sent: list[tuple[str, int]] = []
     rng = random.Random(7)
@@ -135,10 +137,10 @@ def _freshness(settings: Settings, rate: float, seconds: float, users: int) -> d
         achieved = total / (time.perf_counter() - began)
     time.sleep(3.0)
     entries: dict[str, list[tuple[int, int]]] = {}
-    for entry_id, fields in client.xrange(settings.changes_stream, min=start_id):
-        written_ms = int(entry_id.split(b"-")[0])
-        user = fields[b"user_id"].decode()
-        entries.setdefault(user, []).append((int(fields[b"as_of"] or 0), written_ms))
+    stream: list[tuple[str, dict[str, str]]] = client.xrange(settings.changes_stream, min=start_id)  # type: ignore[assignment]
+    for entry_id, fields in stream:
+        written_ms = int(entry_id.split("-")[0])
+        entries.setdefault(fields["user_id"], []).append((int(fields["as_of"] or 0), written_ms))
     latencies = []
     missing = 0
     for user, ts in sent:
@@ -246,7 +248,11 @@ def _plot(results: dict[str, Any], latencies: list[int], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, mid, right) = plt.subplots(1, 3, figsize=(15, 4.5))
-    left.bar(["raw getmany", "nudge worker"], [results["raw_consume_per_s"], results["worker_per_s"]], color=["grey", "tab:blue"])
+    left.bar(
+        ["raw getmany", "nudge worker"],
+        [results["raw_consume_per_s"], results["worker_per_s"]],
+        color=["grey", "tab:blue"],
+    )
     left.axhline(10_000, color="tab:red", linestyle="--", label="target 10k/s")
     left.set_ylabel("messages/s")
     left.set_yscale("log")

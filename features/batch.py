@@ -108,7 +108,9 @@ def user_features(user_id: str, classified: list[tuple[Event, Outcome]]) -> dict
         total = 0
         if as_of is not None:
             first_bucket = as_of // w.bucket_ms - w.n_buckets + 1
-            total = sum(w.value(ev) for ev in windowed if w.applies_to(ev.type) and ev.ts // w.bucket_ms >= first_bucket)
+            total = sum(
+                w.value(ev) for ev in windowed if w.applies_to(ev.type) and ev.ts // w.bucket_ms >= first_bucket
+            )
         out[w.name] = money(total) if w.scale == 100 else str(total)
 
     # cart: per item, the latest action by event time (ties: later arrival)
@@ -133,9 +135,9 @@ def user_features(user_id: str, classified: list[tuple[Event, Outcome]]) -> dict
             if isinstance(ev, ClickEvent) and ev.category:
                 counts[ev.category] += 1
             elif isinstance(ev, PurchaseEvent):
-                for item in ev.items:
-                    if item.category:
-                        counts[item.category] += 1
+                for line in ev.items:
+                    if line.category:
+                        counts[line.category] += 1
     out["top_category"] = min(counts, key=lambda c: (-counts[c], c)) if counts else ""
     out["lifecycle"] = (
         ""
@@ -177,4 +179,3 @@ def compute(events: Iterable[Event], config: FoldConfig | None = None) -> dict[s
 
 def _s(value: int | None) -> str:
     return "" if value is None else str(value)
-

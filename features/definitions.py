@@ -100,7 +100,9 @@ WINDOWED: tuple[Windowed, ...] = (
     Windowed("events_24h", None, DAY_MS, 10 * MINUTE_MS, doc="events of any type, last 144 ten-minute buckets"),
     Windowed("events_7d", None, 7 * DAY_MS, HOUR_MS, doc="events of any type, last 168 one-hour buckets"),
     Windowed("events_30d", None, 30 * DAY_MS, 6 * HOUR_MS, doc="events of any type, last 120 six-hour buckets"),
-    Windowed("clicks_24h", _CLICKS, DAY_MS, 10 * MINUTE_MS, doc="events on the clicks topic, last 144 ten-minute buckets"),
+    Windowed(
+        "clicks_24h", _CLICKS, DAY_MS, 10 * MINUTE_MS, doc="events on the clicks topic, last 144 ten-minute buckets"
+    ),
     Windowed(
         "add_to_cart_24h",
         frozenset({"add_to_cart"}),
@@ -108,7 +110,9 @@ WINDOWED: tuple[Windowed, ...] = (
         10 * MINUTE_MS,
         doc="add_to_cart events, last 144 ten-minute buckets",
     ),
-    Windowed("app_opens_7d", frozenset({"app_open"}), 7 * DAY_MS, HOUR_MS, doc="app_open events, last 168 one-hour buckets"),
+    Windowed(
+        "app_opens_7d", frozenset({"app_open"}), 7 * DAY_MS, HOUR_MS, doc="app_open events, last 168 one-hour buckets"
+    ),
     Windowed("purchases_7d", _PURCHASE, 7 * DAY_MS, HOUR_MS, doc="purchase events, last 168 one-hour buckets"),
     Windowed("purchases_30d", _PURCHASE, 30 * DAY_MS, HOUR_MS, doc="purchase events, last 720 one-hour buckets"),
     Windowed(

@@ -58,11 +58,7 @@ _CART_LIMIT = 200
 _PRUNE_EVERY_MS = 3_600_000
 # event type -> [(window name, bucket ms, value function or None for 1)]
 _WINDOWS_BY_TYPE: dict[str, list[tuple[str, int, Any]]] = {
-    t: [
-        (w.name, w.bucket_ms, None if w.value is _ONE else w.value)
-        for w in WINDOWED
-        if w.applies_to(t)
-    ]
+    t: [(w.name, w.bucket_ms, None if w.value is _ONE else w.value) for w in WINDOWED if w.applies_to(t)]
     for t in EVENT_TYPES
 }
 
@@ -410,4 +406,3 @@ def _cart(state: UserState, event: ClickEvent, ts: int) -> None:
 
 def _s(value: int | None) -> str:
     return "" if value is None else str(value)
-

@@ -38,6 +38,7 @@ __all__ = [
     "CLICK_TYPES",
     "EVENT_TYPES",
     "SCHEMA_VERSION",
+    "TOPIC_OF_TYPE",
     "AppEvent",
     "ClickEvent",
     "ConsentEvent",
@@ -47,7 +48,6 @@ __all__ = [
     "PurchaseEvent",
     "PurchaseItem",
     "Rejection",
-    "TOPIC_OF_TYPE",
     "event_adapter",
     "parse_event",
     "parse_event_obj",
@@ -58,7 +58,6 @@ MAX_EVENT_BYTES = 64 * 1024
 
 Id = Annotated[str, Field(min_length=1, max_length=128, strict=True)]
 Money = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]
-
 
 
 def _to_epoch_ms(v: Any) -> int:
@@ -202,9 +201,18 @@ Event = Annotated[
 ]
 event_adapter: TypeAdapter[Event] = TypeAdapter(Event)
 
-_MODELS: tuple[type[_Envelope], ...] = (ClickEvent, PurchaseEvent, AppEvent, ConsentEvent, ProfileUpdateEvent, LocationEvent)
+_MODELS: tuple[type[_Envelope], ...] = (
+    ClickEvent,
+    PurchaseEvent,
+    AppEvent,
+    ConsentEvent,
+    ProfileUpdateEvent,
+    LocationEvent,
+)
 TOPIC_OF_TYPE: dict[str, str] = {
-    t: m.topic_kind for m in _MODELS for t in m.model_fields["type"].annotation.__args__  # type: ignore[union-attr]
+    t: m.topic_kind
+    for m in _MODELS
+    for t in m.model_fields["type"].annotation.__args__  # type: ignore[union-attr]
 }
 EVENT_TYPES = tuple(TOPIC_OF_TYPE)
 
@@ -232,9 +240,20 @@ class Rejection:
 
 # pydantic error type -> our reason. Anything unlisted is "invalid_value".
 _WRONG_TYPE = {
-    "string_type", "int_type", "float_type", "list_type", "dict_type", "model_type",
-    "bool_type", "int_from_float", "datetime_type", "model_attributes_type",
-    "string_sub_type", "datetime_from_date_parsing", "int_parsing", "float_parsing",
+    "string_type",
+    "int_type",
+    "float_type",
+    "list_type",
+    "dict_type",
+    "model_type",
+    "bool_type",
+    "int_from_float",
+    "datetime_type",
+    "model_attributes_type",
+    "string_sub_type",
+    "datetime_from_date_parsing",
+    "int_parsing",
+    "float_parsing",
 }
 
 

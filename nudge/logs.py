@@ -12,7 +12,9 @@ import re
 __all__ = ["RedactingFilter", "redact", "setup_logging"]
 
 _PHONE = re.compile(r"\+(\d{2})\d{4,10}(\d{3})\b")
-_SECRET = re.compile(r"(?i)\b(token|api[_-]?key|push_token|password|secret|authorization)(\"?\s*[:=]\s*\"?)([^\s\"',}]+)")
+_SECRET = re.compile(
+    r"(?i)\b(token|api[_-]?key|push_token|password|secret|authorization)(\"?\s*[:=]\s*\"?)([^\s\"',}]+)"
+)
 
 
 def redact(text: str) -> str:

@@ -165,7 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{total} schemas in {directory} match nudge/events.py")
         return 0
     changed = write(directory)
-    print(f"{len(changed)} of {total} schema files changed in {directory}" + (f": {', '.join(changed)}" if changed else ""))
+    print(
+        f"{len(changed)} of {total} schema files changed in {directory}"
+        + (f": {', '.join(changed)}" if changed else "")
+    )
     return 0
 
 

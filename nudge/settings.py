@@ -47,7 +47,9 @@ class Settings:
     redis_port: int = _setting(6379, "NUDGE_REDIS_PORT", "local Redis port")
 
     # --- connections -------------------------------------------------------
-    kafka_bootstrap: str = _setting("", "NUDGE_KAFKA_BOOTSTRAP", "Kafka bootstrap servers (default 127.0.0.1:<kafka_port>)")
+    kafka_bootstrap: str = _setting(
+        "", "NUDGE_KAFKA_BOOTSTRAP", "Kafka bootstrap servers (default 127.0.0.1:<kafka_port>)"
+    )
     redis_url: str = _setting("", "NUDGE_REDIS_URL", "Redis URL (default redis://127.0.0.1:<redis_port>/0)")
 
     # --- topics ------------------------------------------------------------
@@ -59,17 +61,23 @@ class Settings:
     partitions: int = _setting(6, "NUDGE_PARTITIONS", "partition count of every topic nudge creates")
     replication: int = _setting(1, "NUDGE_REPLICATION", "replication factor of every topic nudge creates")
     max_message_bytes: int = _setting(
-        4 * 1024 * 1024, "NUDGE_MAX_MESSAGE_BYTES", "largest Kafka message accepted (so oversized input still reaches the DLQ)"
+        4 * 1024 * 1024,
+        "NUDGE_MAX_MESSAGE_BYTES",
+        "largest Kafka message accepted (so oversized input still reaches the DLQ)",
     )
 
     # --- events ------------------------------------------------------------
     max_event_bytes: int = _setting(64 * 1024, "NUDGE_MAX_EVENT_BYTES", "larger events are rejected (DESIGN: 64 KiB)")
-    max_future_ms: int = _setting(7 * 86_400_000, "NUDGE_MAX_FUTURE_MS", "events further in the future than this are rejected")
+    max_future_ms: int = _setting(
+        7 * 86_400_000, "NUDGE_MAX_FUTURE_MS", "events further in the future than this are rejected"
+    )
 
     # --- collector ---------------------------------------------------------
     collector_host: str = _setting("127.0.0.1", "NUDGE_COLLECTOR_HOST", "HTTP collector bind address")
     collector_port: int = _setting(8088, "NUDGE_COLLECTOR_PORT", "HTTP collector port")
-    collector_api_key: str = _setting("", "NUDGE_COLLECTOR_API_KEY", "API key clients send as X-Api-Key (empty: no auth)", secret=True)
+    collector_api_key: str = _setting(
+        "", "NUDGE_COLLECTOR_API_KEY", "API key clients send as X-Api-Key (empty: no auth)", secret=True
+    )
     collector_max_body_bytes: int = _setting(1024 * 1024, "NUDGE_COLLECTOR_MAX_BODY_BYTES", "largest request body")
     collector_max_batch: int = _setting(500, "NUDGE_COLLECTOR_MAX_BATCH", "most events in one request")
 
@@ -79,15 +87,21 @@ class Settings:
     worker_metrics_port: int = _setting(6066, "NUDGE_WORKER_METRICS_PORT", "worker's Prometheus /metrics port")
     batch_max: int = _setting(2000, "NUDGE_BATCH_MAX", "most events folded per batch (one Redis pipeline each)")
     batch_within_s: float = _setting(0.05, "NUDGE_BATCH_WITHIN_S", "longest wait to fill a batch, seconds")
-    grace_ms: int = _setting(3_600_000, "NUDGE_GRACE_MS", "out-of-order events within this of the user's latest still land in their windows")
+    grace_ms: int = _setting(
+        3_600_000, "NUDGE_GRACE_MS", "out-of-order events within this of the user's latest still land in their windows"
+    )
     dedup_horizon_ms: int = _setting(
-        7 * 86_400_000, "NUDGE_DEDUP_HORIZON_MS", "event ids are remembered this long (event time); older events are rejected"
+        7 * 86_400_000,
+        "NUDGE_DEDUP_HORIZON_MS",
+        "event ids are remembered this long (event time); older events are rejected",
     )
     dedup_max_ids: int = _setting(4096, "NUDGE_DEDUP_MAX_IDS", "most event ids remembered per user")
 
     # --- Redis state -------------------------------------------------------
     user_key_prefix: str = _setting("user:", "NUDGE_USER_KEY_PREFIX", "prefix of the per-user hash")
-    changes_stream: str = _setting("nudge:changes", "NUDGE_CHANGES_STREAM", "Redis stream of user ids whose state changed")
+    changes_stream: str = _setting(
+        "nudge:changes", "NUDGE_CHANGES_STREAM", "Redis stream of user ids whose state changed"
+    )
     changes_maxlen: int = _setting(1_000_000, "NUDGE_CHANGES_MAXLEN", "approximate cap of the changes stream")
     state_ttl_s: int = _setting(90 * 86_400, "NUDGE_STATE_TTL_S", "TTL of a user's hash after its last write, seconds")
 
@@ -147,7 +161,11 @@ class Settings:
 
 
 def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
-    kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str, "Path": Path, "bool": bool}[str(f.type)]
+    kind = (
+        f.type
+        if isinstance(f.type, type)
+        else {"int": int, "float": float, "str": str, "Path": Path, "bool": bool}[str(f.type)]
+    )
     try:
         if kind is bool:
             if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):

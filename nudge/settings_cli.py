@@ -64,7 +64,9 @@ def settings_table(settings: Settings) -> str:
     env_width = max(len(r[0]) for r in rows)
     # Long values (URLs) would push every help text off screen: cap the column, let outliers overflow.
     value_width = min(max(len(r[1]) for r in rows), 32)
-    return "\n".join(f"{env:<{env_width}}  {value:<{value_width}}  {help_}".rstrip() for env, value, help_ in rows) + "\n"
+    return (
+        "\n".join(f"{env:<{env_width}}  {value:<{value_width}}  {help_}".rstrip() for env, value, help_ in rows) + "\n"
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

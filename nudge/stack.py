@@ -96,7 +96,9 @@ def _spawn(argv: list[str], log: Path, pidfile: Path) -> subprocess.Popen[bytes]
     pidfile.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         # A new session: the stack outlives the CLI and ignores its Ctrl-C.
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
     pidfile.write_text(f"{proc.pid}\n")
     return proc
 
@@ -248,18 +250,32 @@ def _start_kafka(settings: Settings, paths: _Paths) -> str:
         return f"kafka  already running at {address}"
     for port in (settings.kafka_port, settings.kafka_controller_port):
         if _port_open(port):
-            raise StackError(f"port {port} is already in use by another process: set NUDGE_KAFKA_PORT/NUDGE_KAFKA_CONTROLLER_PORT")
+            raise StackError(
+                f"port {port} is already in use by another process: set NUDGE_KAFKA_PORT/NUDGE_KAFKA_CONTROLLER_PORT"
+            )
     classpath = _kafka_classpath(paths)
     _write_kafka_config(settings, paths)
     if not (paths.kafka_data / "meta.properties").exists():
         cluster_id = uuid.uuid4().hex[:22]
-        fmt = _java(settings, paths, classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(paths.server_properties))
+        fmt = _java(
+            settings,
+            paths,
+            classpath,
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            str(paths.server_properties),
+        )
         result = subprocess.run(fmt, capture_output=True, text=True)
         if result.returncode != 0:
             raise StackError(f"formatting Kafka storage failed:\n{result.stdout}{result.stderr}")
     started = time.monotonic()
     proc = _spawn(
-        _java(settings, paths, classpath, "kafka.Kafka", str(paths.server_properties)), paths.logs / "kafka.out", pidfile
+        _java(settings, paths, classpath, "kafka.Kafka", str(paths.server_properties)),
+        paths.logs / "kafka.out",
+        pidfile,
     )
     _wait_kafka_ready(settings, proc, paths)
     return f"kafka  started at {address} (pid {proc.pid}, ready in {time.monotonic() - started:.1f}s)"

@@ -78,7 +78,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     from nudge.cli import settings_epilog
 
     parser.epilog = settings_epilog(
-        "kafka_bootstrap", "topic_clicks", "topic_purchases", "topic_app_events", "topic_dlq", "topic_rekeyed", "partitions"
+        "kafka_bootstrap",
+        "topic_clicks",
+        "topic_purchases",
+        "topic_app_events",
+        "topic_dlq",
+        "topic_rekeyed",
+        "partitions",
     )
     parser.set_defaults(func=run)
 

@@ -71,7 +71,7 @@ codecs.register("nudge-user-state", _CODEC)
 @functools.lru_cache(maxsize=1 << 17)
 def expected_partition(key: bytes, partitions: int) -> int:
     """The partition Kafka's default (murmur2) partitioner gives `key`."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return int((murmur2(key) & 0x7FFFFFFF) % partitions)
 
 
 def _as_state(value: Any) -> UserState:
@@ -82,7 +82,7 @@ def _as_state(value: Any) -> UserState:
     return UserState.from_dict(value)
 
 
-class UserStateTable(faust.Table):  # type: ignore[misc]
+class UserStateTable(faust.Table):  # type: ignore[type-arg]
     """A Faust table whose changelog is produced in bulk, once per batch.
 
     Faust sends one changelog message per `table[key] = value` through its
@@ -97,7 +97,7 @@ class UserStateTable(faust.Table):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self._pending_changelog: list[tuple[int, bytes, Any]] = []
 
-    def state(self, key: bytes) -> UserState | None:
+    def user_state(self, key: bytes) -> UserState | None:
         """The user's state. Depending on the store and on whether it came
         from changelog recovery, Faust hands back a UserState or its JSON
         decoded as a dict; both are accepted."""
@@ -108,7 +108,9 @@ class UserStateTable(faust.Table):  # type: ignore[misc]
         return _as_state(v)
 
     def on_key_set(self, key: Any, value: Any) -> None:
-        self._pending_changelog.append((self.partition_for_key(key), key, value))
+        partition = self.partition_for_key(key)
+        assert partition is not None  # we never set use_partitioner
+        self._pending_changelog.append((partition, key, value))
         self._sensor_on_set(self, key, value)
 
     def take_changelog(self) -> list[tuple[int, bytes, bytes]]:
@@ -145,7 +147,7 @@ class UserStateUpdater:
         self.metrics = metrics
         self.store = store
         self.config = FoldConfig.from_settings(settings)
-        self.table: UserStateTable = app.tables.add(
+        self.table: UserStateTable = app.tables.add(  # type: ignore[assignment]
             UserStateTable(
                 app,
                 name=TABLE_NAME,
@@ -189,42 +191,46 @@ class UserStateUpdater:
     async def _send_all_locked(self) -> None:
         producer = self.app.producer
         changelog_topic = self.table.changelog_topic.get_topic_name()
-        futures = []
+        futures: list[Any] = []
         for partition, key, value in self.table.take_changelog():
             futures.append(await producer.send(changelog_topic, key, value, partition, None, None))
         n_changelog = len(futures)
         outbox, self._outbox = self._outbox, []
-        for topic, key, value, headers in outbox:
-            futures.append(await producer.send(topic, key, value, None, None, headers))
+        for topic, out_key, out_value, headers in outbox:
+            futures.append(await producer.send(topic, out_key, out_value, None, None, headers))
         if futures:
             results = await asyncio.gather(*futures)
             self.table.record_persisted(results[:n_changelog])
 
-    async def process(self, stream: Any, events: Sequence[EventT]) -> None:
+    async def process(self, stream: Any, events: Sequence[EventT[Any]]) -> None:
         started = time.perf_counter()
         settings = self.settings
         partitions = settings.partitions
         rekeyed_topic = settings.topic_rekeyed
         table = self.table
         counts: dict[tuple[str, str], int] = {}
-        touched: dict[str, tuple[UserState, EventT]] = {}
+        touched: dict[str, tuple[UserState, EventT[Any]]] = {}
         oldest_ts: dict[str, float] = {}
         for event in events:
             message = event.message
             topic = message.topic
             try:
-                parsed = parse_event(message.value, max_bytes=settings.max_event_bytes, max_future_ms=settings.max_future_ms)
+                parsed = parse_event(
+                    message.value, max_bytes=settings.max_event_bytes, max_future_ms=settings.max_future_ms
+                )
                 if isinstance(parsed, Rejection):
                     self._dead_letter(message, parsed.reason, parsed.detail)
                     continue
                 uid = parsed.user_id
                 key = uid.encode()
-                if topic != rekeyed_topic and (message.key != key or message.partition != expected_partition(key, partitions)):
+                if topic != rekeyed_topic and (
+                    message.key != key or message.partition != expected_partition(key, partitions)
+                ):
                     self._outbox.append((rekeyed_topic, key, message.value, message.headers))
                     outcome = "rekeyed"
                 else:
                     entry = touched.get(uid)
-                    state = entry[0] if entry is not None else (table.state(key) or UserState(uid))
+                    state = entry[0] if entry is not None else (table.user_state(key) or UserState(uid))
                     result = fold(state, parsed, self.config)
                     outcome = result.value
                     if result is Outcome.EXPIRED:
@@ -312,14 +318,19 @@ def create_app(settings: Settings, *, web_port: int | None = None, store: Featur
     )
     metrics = StreamMetrics()
     app.sensors.add(_CommitSensor(metrics))
-    updater = UserStateUpdater(app, settings, metrics, store or open_store(settings))
+
+    def redis_failed(_exc: BaseException) -> None:
+        metrics.redis_errors.inc()
+        metrics.redis_up.set(0)
+
+    updater = UserStateUpdater(app, settings, metrics, store or open_store(settings, on_error=redis_failed))
     app.nudge_metrics = metrics  # type: ignore[attr-defined]
     app.nudge_updater = updater  # type: ignore[attr-defined]
 
     def _agent_for(topic_name: str) -> None:
         topic = app.topic(topic_name, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
 
-        async def update_user_state(stream: faust.StreamT[bytes]) -> None:
+        async def update_user_state(stream: Any) -> None:
             async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
                 await updater.process(stream, batch)
 
@@ -334,7 +345,7 @@ def create_app(settings: Settings, *, web_port: int | None = None, store: Featur
     async def metrics_page(web: Any, request: Any) -> Any:
         return web.bytes(generate_latest(metrics.registry), content_type="text/plain; version=0.0.4")
 
-    @app.task
+    @app.task  # type: ignore[untyped-decorator]
     async def log_ready() -> None:
         log.info("nudge worker ready: topics %s", ", ".join((*settings.input_topics, settings.topic_rekeyed)))
 

@@ -17,7 +17,9 @@ __all__ = ["configure", "run"]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--web-port", type=int, help="metrics/web port of this worker [default: NUDGE_WORKER_METRICS_PORT]")
+    parser.add_argument(
+        "--web-port", type=int, help="metrics/web port of this worker [default: NUDGE_WORKER_METRICS_PORT]"
+    )
     parser.add_argument("--store", choices=("memory://", "rocksdb://"), help="table store [default: NUDGE_STORE]")
     parser.add_argument(
         "-l", "--loglevel", default="info", choices=("crit", "error", "warn", "info", "debug"), help="log level"

@@ -29,12 +29,17 @@ class StreamMetrics:
             ["topic", "outcome"],
             registry=r,
         )
-        self.dlq = Counter("nudge_stream_dlq_total", "Messages sent to the dead-letter topic, by reason", ["reason"], registry=r)
+        self.dlq = Counter(
+            "nudge_stream_dlq_total", "Messages sent to the dead-letter topic, by reason", ["reason"], registry=r
+        )
         self.batch_size = Histogram(
             "nudge_stream_batch_size", "Messages per processed batch", buckets=_BATCH_BUCKETS, registry=r
         )
         self.batch_seconds = Histogram(
-            "nudge_stream_batch_seconds", "Time to fold, persist and write one batch", buckets=_LATENCY_BUCKETS, registry=r
+            "nudge_stream_batch_seconds",
+            "Time to fold, persist and write one batch",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.freshness = Histogram(
             "nudge_stream_freshness_seconds",

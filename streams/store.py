@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -87,8 +87,9 @@ class FeatureStore(Protocol):
 class RedisFeatureStore:
     """Redis hashes + a changes stream, written in one pipeline per batch."""
 
-    def __init__(self, settings: Settings, *, on_error: object = None) -> None:
+    def __init__(self, settings: Settings, *, on_error: Callable[[BaseException], None] | None = None) -> None:
         self.settings = settings
+        self.on_error = on_error
         self.client = aioredis.Redis.from_url(
             settings.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10
         )
@@ -112,6 +113,8 @@ class RedisFeatureStore:
                 return await self._write_once(users)
             except (RedisError, OSError) as exc:
                 self.errors += 1
+                if self.on_error is not None:
+                    self.on_error(exc)
                 log.warning(
                     "Redis write of %d users to %s failed (attempt %d): %s; retrying in %.1fs",
                     len(users),
@@ -192,11 +195,11 @@ class InMemoryFeatureStore:
         return None
 
 
-def open_store(settings: Settings) -> FeatureStore:
+def open_store(settings: Settings, on_error: Callable[[BaseException], None] | None = None) -> FeatureStore:
     """The store named by `settings.redis_url`'s scheme."""
     scheme = settings.redis_url.split("://", 1)[0]
     if scheme in ("redis", "rediss", "unix"):
-        return RedisFeatureStore(settings)
+        return RedisFeatureStore(settings, on_error=on_error)
     if scheme == "memory":
         return InMemoryFeatureStore()
     from nudge.errors import ConfigError

@@ -77,7 +77,9 @@ def mismatches(settings: Settings, reference: dict[str, dict[str, str]]) -> list
     return bad
 
 
-def wait_for_parity(settings: Settings, reference: dict[str, dict[str, str]], workers: list[WorkerProcess], timeout: float = 240) -> None:
+def wait_for_parity(
+    settings: Settings, reference: dict[str, dict[str, str]], workers: list[WorkerProcess], timeout: float = 240
+) -> None:
     deadline = time.monotonic() + timeout
     bad: list[str] = list(reference)
     while time.monotonic() < deadline:

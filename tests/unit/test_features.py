@@ -61,13 +61,20 @@ def random_log(seed: int, n: int = 3000, users: int = 20) -> list[Event]:
         kind = rng.choice(kinds)
         extra: dict[str, Any] = {}
         if kind in ("page_view", "product_view", "add_to_cart", "remove_from_cart"):
-            extra = {"item_id": f"i{rng.randrange(8)}", "category": rng.choice(CATEGORIES), "price": rng.randrange(1, 5000) / 100}
+            extra = {
+                "item_id": f"i{rng.randrange(8)}",
+                "category": rng.choice(CATEGORIES),
+                "price": rng.randrange(1, 5000) / 100,
+            }
         elif kind == "purchase":
             items = [{"item_id": f"i{rng.randrange(8)}", "category": rng.choice(CATEGORIES), "price": rng.randrange(1, 9000) / 100}
                      for _ in range(rng.randrange(1, 4))]  # fmt: skip
             extra = {"items": items, "total": round(sum(it["price"] for it in items), 2)}
         elif kind == "profile_update":
-            extra = {"timezone": rng.choice(["Europe/Berlin", "Asia/Tokyo"]), "phone": f"+4477009{rng.randrange(10**5):05d}"}
+            extra = {
+                "timezone": rng.choice(["Europe/Berlin", "Asia/Tokyo"]),
+                "phone": f"+4477009{rng.randrange(10**5):05d}",
+            }
         elif kind == "location":
             extra = {"lat": rng.uniform(-80, 80), "lon": rng.uniform(-170, 170)}
         events.append(make(f"e{i}", kind, ts, user, **extra))

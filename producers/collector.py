@@ -1,0 +1,551 @@
+"""The HTTP collector (`nudge collect`): apps and web shops POST events, Kafka acknowledges them.
+
+Mobile apps and shops do not speak Kafka. They POST a JSON array of events to
+`/v1/events`; every event is checked against the event contract
+(`nudge.events.parse_event_obj`) and the valid ones are produced to their input
+topic, keyed by user_id, with the client's own JSON re-serialised by orjson
+(values unchanged). The answer is sent only after Kafka acknowledged every
+valid event of the request (acks=all), so "accepted" means durable.
+
+API (JSON in, JSON out):
+
+    POST /v1/events      body: [event, ...]   header X-Api-Key when a key is configured
+      200  every event accepted
+      207  some (or all) events rejected: see each result's reason
+      400  body is not JSON, not an array (a single object is refused: send [{...}]), or empty
+      401  API key configured and X-Api-Key missing or wrong
+      413  body over NUDGE_COLLECTOR_MAX_BODY_BYTES or more events than NUDGE_COLLECTOR_MAX_BATCH
+      415  Content-Type is not application/json
+      503  Kafka did not acknowledge in time (Retry-After set); nothing is reported accepted
+    GET /healthz         200 {"status": "ok"} or 503 {"status": "unavailable", "reason": ...}
+    GET /metrics         Prometheus text format
+
+A 200/207 body is `{"accepted": n, "rejected": m, "results": [...]}` with one
+result per event in request order: `{"index", "event_id", "status": "accepted"}`
+or `{"index", "status": "rejected", "reason", "detail"}` (plus "event_id" when
+it is a valid id). Reasons are `Rejection.REASONS`, "too_large" (over
+NUDGE_MAX_EVENT_BYTES once re-serialised) and "duplicate_in_batch" (an
+event_id already accepted earlier in the same request; the first valid one
+wins). A request answered 503 may still be partly written to Kafka: clients
+retry the same event_ids, which is safe because consumers dedup by event_id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import hmac
+import logging
+import sys
+import time
+from collections import Counter as Tally
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+from aiohttp import web
+from kafka.errors import KafkaError
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from nudge.cli import settings_epilog
+from nudge.errors import ConfigError, DeliveryError, DependencyUnavailable
+from nudge.events import Event, Rejection, parse_event_obj
+from nudge.settings import Settings
+from nudge.topics import ensure_topics, topic_for_event_type
+from producers.kafka import EventProducer
+
+__all__ = [
+    "REQUEST_SECONDS_BUCKETS",
+    "AckingProducer",
+    "CollectorMetrics",
+    "KafkaAckingProducer",
+    "Outbound",
+    "check_batch",
+    "configure",
+    "create_app",
+    "run",
+]
+
+log = logging.getLogger(__name__)
+
+REQUEST_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+DEFAULT_ACK_TIMEOUT_S = 10.0
+# After a failed delivery /healthz stays red until a later success or until this
+# long has passed, so a load balancer that stopped sending traffic lets us back in.
+FAILURE_MEMORY_S = 30.0
+RETRY_AFTER_S = 5
+EXTRA_REASONS = ("too_large", "duplicate_in_batch")
+RESPONSE_CODES = (200, 207, 400, 401, 413, 415, 500, 503)
+
+
+# --- the producer seam --------------------------------------------------------------------------------------------
+
+
+class AckingProducer(Protocol):
+    """What the collector needs from a Kafka producer; unit tests pass a fake."""
+
+    def submit(self, topic: str, value: bytes, key: bytes) -> concurrent.futures.Future[None]:
+        """Queue one message; the future resolves once Kafka acknowledged it.
+
+        May block (metadata, full buffer): the collector calls it from a worker
+        thread. Raises DeliveryError when the message cannot even be queued.
+        """
+        ...
+
+    def unhealthy_reason(self) -> str | None:
+        """None when the producer can deliver; else why not. Must be cheap."""
+        ...
+
+
+class KafkaAckingProducer(EventProducer):
+    """The shared `EventProducer`, with one future per message and a health check.
+
+    `EventProducer.send` reports failures in bulk at `flush()`; an HTTP answer
+    needs the outcome of its own messages, so `submit` keeps the per-message
+    future instead.
+    """
+
+    def __init__(self, settings: Settings, *, ack_timeout_s: float = DEFAULT_ACK_TIMEOUT_S, **overrides: Any) -> None:
+        # A send blocked on metadata must not outlive the request that waits for it.
+        overrides.setdefault("max_block_ms", int(ack_timeout_s * 1000))
+        super().__init__(settings, client_id="nudge-collector", linger_ms=5, **overrides)
+        self._closed = False
+
+    def submit(self, topic: str, value: bytes, key: bytes) -> concurrent.futures.Future[None]:
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        try:
+            sent = self._producer.send(topic, value=value, key=key)
+        except KafkaError as exc:
+            raise DeliveryError(f"cannot queue a message for {topic}: {exc}") from exc
+        self.sent += 1
+
+        def on_ack(_metadata: Any) -> None:
+            self._on_ack(_metadata)
+            _settle(done)
+
+        def on_error(exc: BaseException) -> None:
+            _settle(done, DeliveryError(f"Kafka did not acknowledge a message for {topic}: {exc!r}"))
+
+        sent.add_callback(on_ack)
+        sent.add_errback(on_error)
+        return done
+
+    def warm_up(self, topics: Sequence[str]) -> None:
+        """Fetch the topics' metadata now, so the first request does not pay for it."""
+        for topic in topics:
+            try:
+                self._producer.partitions_for(topic)
+            except KafkaError as exc:
+                raise DependencyUnavailable(
+                    f"no metadata for topic {topic} from Kafka at {self.settings.kafka_bootstrap} ({exc})"
+                ) from None
+
+    def unhealthy_reason(self) -> str | None:
+        if self._closed:
+            return "producer closed"
+        metrics = self._producer.metrics().get("producer-metrics", {})
+        if not metrics.get("connection-count", 0):
+            return f"no connection to Kafka at {self.settings.kafka_bootstrap}"
+        return None
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        self._closed = True
+        super().close(timeout=timeout)
+
+
+def _settle(future: concurrent.futures.Future[None], exc: BaseException | None = None) -> None:
+    # The waiting request may have timed out and cancelled the future already.
+    try:
+        if exc is None:
+            future.set_result(None)
+        else:
+            future.set_exception(exc)
+    except concurrent.futures.InvalidStateError:
+        pass
+
+
+# --- validation (pure) ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """One valid event, ready for Kafka."""
+
+    index: int
+    event_id: str
+    topic: str
+    key: bytes
+    value: bytes
+
+
+def check_batch(items: Sequence[Any], settings: Settings) -> tuple[list[dict[str, Any]], list[Outbound]]:
+    """Check each decoded event: a result per item in order, and the messages to produce.
+
+    Accepted results are provisional: the caller reports them only once Kafka
+    acknowledged every outbound message.
+    """
+    results: list[dict[str, Any]] = []
+    outbound: list[Outbound] = []
+    first_index: dict[str, int] = {}
+    for index, obj in enumerate(items):
+        value = orjson.dumps(obj)
+        verdict: Event | Rejection
+        if len(value) > settings.max_event_bytes:
+            verdict = Rejection("too_large", f"{len(value)} bytes > {settings.max_event_bytes}")
+        else:
+            verdict = parse_event_obj(obj, max_future_ms=settings.max_future_ms)
+            if not isinstance(verdict, Rejection) and verdict.event_id in first_index:
+                verdict = Rejection(
+                    "duplicate_in_batch", f"event_id already accepted at index {first_index[verdict.event_id]}"
+                )
+        if isinstance(verdict, Rejection):
+            result: dict[str, Any] = {
+                "index": index,
+                "status": "rejected",
+                "reason": verdict.reason,
+                "detail": verdict.detail,
+            }
+            event_id = obj.get("event_id") if isinstance(obj, dict) else None
+            if isinstance(event_id, str) and 0 < len(event_id) <= 128:
+                result["event_id"] = event_id
+            results.append(result)
+            continue
+        topic = topic_for_event_type(settings, verdict.type)
+        if topic is None:  # pragma: no cover - parse_event_obj only returns known types
+            raise AssertionError(f"no topic for validated type {verdict.type!r}")
+        first_index[verdict.event_id] = index
+        results.append({"index": index, "event_id": verdict.event_id, "status": "accepted"})
+        outbound.append(Outbound(index, verdict.event_id, topic, verdict.user_id.encode("utf-8"), value))
+    return results, outbound
+
+
+# --- metrics --------------------------------------------------------------------------------------------------------
+
+
+class CollectorMetrics:
+    """The collector's Prometheus metrics, registered in the registry given."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "nudge_collector_requests_total", "POST /v1/events requests by HTTP status", ["code"], registry=registry
+        )
+        self.events = Counter(
+            "nudge_collector_events_total",
+            "events received, by outcome (accepted, rejected, failed) and rejection reason",
+            ["status", "reason"],
+            registry=registry,
+        )
+        self.request_seconds = Histogram(
+            "nudge_collector_request_seconds",
+            "time to answer POST /v1/events, Kafka acknowledgement included",
+            buckets=REQUEST_SECONDS_BUCKETS,
+            registry=registry,
+        )
+        # Every series exists from the start, so dashboards and rate() see zeros, not gaps.
+        for code in RESPONSE_CODES:
+            self.requests.labels(code=str(code))
+        self.events.labels(status="accepted", reason="")
+        self.events.labels(status="failed", reason="not_acknowledged")
+        for reason in (*Rejection.REASONS, *EXTRA_REASONS):
+            self.events.labels(status="rejected", reason=reason)
+
+
+# --- the web app ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _State:
+    settings: Settings
+    producer: AckingProducer
+    metrics: CollectorMetrics
+    registry: CollectorRegistry
+    ack_timeout_s: float
+    send_pool: concurrent.futures.ThreadPoolExecutor
+    last_failure: float = float("-inf")
+    last_success: float = float("-inf")
+    totals: Tally[str] = field(default_factory=Tally)
+
+
+_STATE = web.AppKey("nudge_collector_state", _State)
+
+
+class _Refusal(Exception):
+    """A whole request is refused with this status and message."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def create_app(
+    settings: Settings,
+    producer: AckingProducer,
+    registry: CollectorRegistry,
+    *,
+    ack_timeout_s: float = DEFAULT_ACK_TIMEOUT_S,
+) -> web.Application:
+    """The collector's aiohttp application, producing through `producer`.
+
+    The caller owns the producer: it flushes and closes it after the app stopped.
+    """
+    # aiohttp enforces the body limit itself while reading (we turn its 413 into JSON).
+    app = web.Application(client_max_size=settings.collector_max_body_bytes)
+    # One sender thread: requests reach Kafka in arrival order, and a send blocked
+    # on metadata never blocks the event loop.
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="collector-send")
+    app[_STATE] = _State(settings, producer, CollectorMetrics(registry), registry, ack_timeout_s, pool)
+    app.router.add_post("/v1/events", _post_events)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", _metrics)
+
+    async def stop_pool(_app: web.Application) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+
+    app.on_cleanup.append(stop_pool)
+    return app
+
+
+def _json(payload: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json", headers=headers)
+
+
+async def _post_events(request: web.Request) -> web.StreamResponse:
+    state = request.app[_STATE]
+    started = time.perf_counter()
+    code = 500
+    try:
+        response = await _answer_events(request, state)
+        code = response.status
+        return response
+    finally:
+        elapsed = time.perf_counter() - started
+        state.metrics.requests.labels(code=str(code)).inc()
+        state.metrics.request_seconds.observe(elapsed)
+        state.totals["requests"] += 1
+
+
+async def _answer_events(request: web.Request, state: _State) -> web.Response:
+    started = time.perf_counter()
+    try:
+        items = await _read_batch(request, state.settings)
+    except _Refusal as refusal:
+        log.info("POST /v1/events %d in %.1f ms: %s", refusal.status, _ms(started), refusal.message)
+        return _json({"error": refusal.message}, refusal.status, refusal.headers)
+
+    results, outbound = check_batch(items, state.settings)
+    rejected = Tally(r["reason"] for r in results if r["status"] == "rejected")
+    try:
+        await _deliver(state, outbound)
+    except DeliveryError as exc:
+        state.last_failure = time.monotonic()
+        state.metrics.events.labels(status="failed", reason="not_acknowledged").inc(len(outbound))
+        state.totals["failed"] += len(outbound)
+        log.warning(
+            "POST /v1/events 503 in %.1f ms: %d event(s) not acknowledged by Kafka at %s: %s",
+            _ms(started),
+            len(outbound),
+            state.settings.kafka_bootstrap,
+            exc,
+        )
+        message = f"Kafka did not acknowledge the batch ({len(outbound)} valid events); retry the same events later"
+        return _json({"error": message}, 503, {"Retry-After": str(RETRY_AFTER_S)})
+    if outbound:
+        state.last_success = time.monotonic()
+
+    state.metrics.events.labels(status="accepted", reason="").inc(len(outbound))
+    for reason, count in rejected.items():
+        state.metrics.events.labels(status="rejected", reason=reason).inc(count)
+    state.totals["accepted"] += len(outbound)
+    state.totals["rejected"] += len(results) - len(outbound)
+
+    status = 200 if not rejected else 207
+    reasons = ", ".join(f"{reason}={count}" for reason, count in sorted(rejected.items()))
+    log.info(
+        "POST /v1/events %d in %.1f ms: %d accepted, %d rejected%s",
+        status,
+        _ms(started),
+        len(outbound),
+        len(results) - len(outbound),
+        f" ({reasons})" if reasons else "",
+    )
+    payload = {"accepted": len(outbound), "rejected": len(results) - len(outbound), "results": results}
+    return _json(payload, status)
+
+
+async def _read_batch(request: web.Request, settings: Settings) -> list[Any]:
+    """Authenticate and decode the body into a non-empty list; raise _Refusal otherwise."""
+    if settings.collector_api_key:
+        given = request.headers.get("X-Api-Key")
+        if given is None:
+            raise _Refusal(401, "missing X-Api-Key header")
+        if not hmac.compare_digest(
+            given.encode("utf-8", "surrogateescape"), settings.collector_api_key.encode("utf-8", "surrogateescape")
+        ):
+            raise _Refusal(401, "wrong X-Api-Key")
+    if request.content_type != "application/json":
+        raise _Refusal(415, f"Content-Type {request.content_type!r} is not supported; send application/json")
+    limit = settings.collector_max_body_bytes
+    too_big = f"body over {limit} bytes (NUDGE_COLLECTOR_MAX_BODY_BYTES); split the batch"
+    if request.content_length is not None and request.content_length > limit:
+        raise _Refusal(413, f"body of {request.content_length} bytes is over {limit} (NUDGE_COLLECTOR_MAX_BODY_BYTES)")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise _Refusal(413, too_big) from None
+    try:
+        items = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise _Refusal(400, f"body is not valid JSON: {exc}") from None
+    if isinstance(items, dict):
+        raise _Refusal(400, "body is a JSON object; send a JSON array of events, e.g. [{...}] for one event")
+    if not isinstance(items, list):
+        raise _Refusal(400, f"body is a JSON {type(items).__name__}; send a JSON array of events")
+    if not items:
+        raise _Refusal(400, "body is an empty array; send at least one event")
+    if len(items) > settings.collector_max_batch:
+        raise _Refusal(
+            413, f"batch of {len(items)} events is over {settings.collector_max_batch} (NUDGE_COLLECTOR_MAX_BATCH)"
+        )
+    return items
+
+
+async def _deliver(state: _State, outbound: Sequence[Outbound]) -> None:
+    """Produce and wait for every acknowledgement, bounded by the ack timeout."""
+    if not outbound:
+        return
+    producer = state.producer
+
+    def submit_all() -> list[concurrent.futures.Future[None]]:
+        return [producer.submit(m.topic, m.value, m.key) for m in outbound]
+
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(state.ack_timeout_s):
+            futures = await loop.run_in_executor(state.send_pool, submit_all)
+            await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+    except TimeoutError:
+        raise DeliveryError(f"no acknowledgement within {state.ack_timeout_s:g} s") from None
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    state = request.app[_STATE]
+    reason = state.producer.unhealthy_reason()
+    now = time.monotonic()
+    if reason is None and state.last_failure > state.last_success and now - state.last_failure < FAILURE_MEMORY_S:
+        reason = f"last delivery to Kafka failed {now - state.last_failure:.0f} s ago"
+    if reason is not None:
+        return _json({"status": "unavailable", "reason": reason}, 503)
+    return _json({"status": "ok"})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    registry = request.app[_STATE].registry
+    return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
+
+
+# --- CLI ------------------------------------------------------------------------------------------------------------
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"{port} is not in 1..65535")
+    return port
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 300:
+        raise argparse.ArgumentTypeError(f"{value:g} is not in (0, 300] seconds")
+    return value
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="bind address [default: NUDGE_COLLECTOR_HOST]")
+    parser.add_argument("--port", type=_port, help="port [default: NUDGE_COLLECTOR_PORT]")
+    parser.add_argument(
+        "--ack-timeout",
+        type=_seconds,
+        default=DEFAULT_ACK_TIMEOUT_S,
+        metavar="S",
+        help=f"answer 503 when Kafka has not acknowledged a request's events within S seconds [default: {DEFAULT_ACK_TIMEOUT_S:g}]",
+    )
+    parser.epilog = (
+        "POST /v1/events takes a JSON array of events; GET /healthz and GET /metrics for ops.\n"
+        "Creates the input topics if missing. SIGTERM/SIGINT: finish requests, flush Kafka, exit 0.\n\n"
+        + settings_epilog(
+            "collector_host",
+            "collector_port",
+            "collector_api_key",
+            "collector_max_body_bytes",
+            "collector_max_batch",
+            "kafka_bootstrap",
+        )
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    host: str = args.host or settings.collector_host
+    port: int = args.port or settings.collector_port
+    ack_timeout_s: float = args.ack_timeout
+    # Topics auto-created by a first send would get the broker's partition count, not ours.
+    ensure_topics(settings, settings.input_topics)
+    producer = KafkaAckingProducer(settings, ack_timeout_s=ack_timeout_s)
+    app: web.Application | None = None
+    try:
+        producer.warm_up(settings.input_topics)
+        app = create_app(settings, producer, CollectorRegistry(), ack_timeout_s=ack_timeout_s)
+        auth = "X-Api-Key required" if settings.collector_api_key else "no API key (NUDGE_COLLECTOR_API_KEY unset)"
+        print(
+            f"nudge collect: listening on http://{host}:{port}/v1/events -> Kafka {settings.kafka_bootstrap}, {auth}",
+            file=sys.stderr,
+        )
+        try:
+            # run_app turns SIGINT/SIGTERM into a graceful stop: no new connections,
+            # in-flight requests finish (bounded by the ack timeout), then it returns.
+            web.run_app(
+                app,
+                host=host,
+                port=port,
+                access_log=None,
+                print=None,
+                shutdown_timeout=ack_timeout_s + 5,
+                handle_signals=True,
+            )
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    finally:
+        _flush_and_close(producer)
+    totals = app[_STATE].totals if app is not None else Tally[str]()
+    print(
+        f"nudge collect: stopped after {totals['requests']} request(s): {totals['accepted']} event(s) accepted, "
+        f"{totals['rejected']} rejected, {totals['failed']} not acknowledged",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _flush_and_close(producer: KafkaAckingProducer) -> None:
+    try:
+        producer.flush(timeout=30.0)
+    except DeliveryError as exc:
+        # Requests whose messages failed were already answered 503; nothing else to tell.
+        log.warning("final flush to Kafka: %s", exc)
+    finally:
+        producer.close()
