@@ -22,7 +22,6 @@ import asyncio
 import dataclasses
 import itertools
 import json
-import random
 import shutil
 import statistics
 import time
@@ -111,29 +110,34 @@ def _raw_ceiling(settings: Settings, count: int) -> float:
     return asyncio.run(consume())
 
 
-def _freshness(settings: Settings, rate: float, seconds: float, users: int) -> dict[str, Any]:
-    """Produce at `rate` with ts = now, then match each event to the first
-    changes-stream entry of its user whose as_of covers it."""
+def _freshness(settings: Settings, rate: float, seconds: float, users: int, skip: int) -> dict[str, Any]:
+    """Produce the simulator's next events at `rate`, each stamped ts = now,
+    then match each to the first changes-stream entry of its user whose
+    as_of covers it. Same traffic mix as the throughput run."""
     from producers.kafka import EventProducer
+    from producers.simulator import generate
 
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     start_id = f"{int(time.time() * 1000)}-0"
     sent: list[tuple[str, int]] = []
-    rng = random.Random(7)
     total = int(rate * seconds)
     interval = 1.0 / rate
+    upcoming = list(itertools.islice(generate(users, 60, seed=42), skip, skip + total))
     with EventProducer(settings, client_id="nudge-bench-fresh", linger_ms=1) as producer:
         began = time.perf_counter()
-        for i in range(total):
+        for i, event in enumerate(upcoming):
             due = began + i * interval
             delay = due - time.perf_counter()
             if delay > 0.002:
                 time.sleep(delay)
-            user = f"u{rng.randrange(users):05d}"
             ts = int(time.time() * 1000)
-            event = {"event_id": f"fresh-{i}", "type": "page_view", "user_id": user, "ts": ts, "schema_version": 1}
-            producer.send(settings.topic_clicks, orjson.dumps(event), key=user.encode())
+            event["ts"] = ts
+            user = event["user_id"]
+            topic = topic_for_event_type(settings, event["type"])
+            assert topic is not None
+            producer.send(topic, orjson.dumps(event), key=user.encode())
             sent.append((user, ts))
+        total = len(upcoming)
         achieved = total / (time.perf_counter() - began)
     time.sleep(3.0)
     entries: dict[str, list[tuple[int, int]]] = {}
@@ -219,7 +223,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         results["users_written"] = worker.total("nudge_redis_users_written_total", m)
         results["batches"] = m.get("nudge_stream_batch_seconds_count", 0)
         print(f"(b) worker, Kafka -> state -> Redis: {rate:,.0f} events/s = {rate / raw:.1%} of raw")
-        fresh = _freshness(scoped, rate * 0.5, args.freshness_seconds, args.users)
+        fresh = _freshness(scoped, rate * 0.5, args.freshness_seconds, args.users, skip=len(messages))
         results["freshness"] = {k: v for k, v in fresh.items() if k != "latencies_ms"}
         print(
             f"(c) freshness at {fresh['achieved_rate']:,.0f} events/s: p50 {fresh['p50_ms']:.0f} ms, "

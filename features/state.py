@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import enum
 import hashlib
+
+import orjson
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,14 +154,23 @@ class UserState:
             "orders_total": self.orders_total,
             "spend_total_cents": self.spend_total_cents,
             "late_events": self.late_events,
-            "buckets": {name: [[b, v] for b, v in bs.items()] for name, bs in self.buckets.items() if bs},
-            "categories": {c: [[d, v] for d, v in ds.items()] for c, ds in self.categories.items()},
+            # int-keyed dicts as they are: serialise with orjson.OPT_NON_STR_KEYS (to_json)
+            "buckets": {name: bs for name, bs in self.buckets.items() if bs},
+            "categories": self.categories,
             "cart": self.cart,
             "consent": self.consent,
             "profile": self.profile,
             "location": self.location,
             "streams": {kind: mem.to_dict() for kind, mem in self.streams.items()},
         }
+
+    def to_json(self) -> bytes:
+        """The changelog form of this state."""
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_NON_STR_KEYS)
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> UserState:
+        return cls.from_dict(orjson.loads(raw))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> UserState:
@@ -180,9 +191,9 @@ class UserState:
             "location",
         ):
             setattr(state, name, data[name])
-        for name, pairs in data["buckets"].items():
-            state.buckets[name] = {b: v for b, v in pairs}
-        state.categories = {c: {d: v for d, v in pairs} for c, pairs in data["categories"].items()}
+        for name, bs in data["buckets"].items():
+            state.buckets[name] = {int(b): v for b, v in bs.items()}
+        state.categories = {c: {int(d): v for d, v in ds.items()} for c, ds in data["categories"].items()}
         state.streams = {kind: StreamMemory.from_dict(d) for kind, d in data["streams"].items()}
         return state
 
@@ -205,9 +216,11 @@ class UserState:
         }
         for w in WINDOWED:
             total = 0
-            if as_of is not None:
+            bs = self.buckets[w.name]
+            if as_of is not None and bs:
                 lowest = as_of // w.bucket_ms - w.n_buckets + 1
-                total = sum(v for b, v in self.buckets[w.name].items() if b >= lowest)
+                # Usually every bucket is in the window (pruning keeps it so): sum in C.
+                total = sum(bs.values()) if min(bs) >= lowest else sum(v for b, v in bs.items() if b >= lowest)
             out[w.name] = money(total) if w.scale == 100 else str(total)
         open_items = [entry for entry in self.cart.values() if entry[1] == 1 and self._after_purchase(entry[0])]
         out["cart_open"] = "1" if open_items else "0"
@@ -302,7 +315,7 @@ class StreamMemory:
         return {
             "watermark": self.watermark,
             "floor_day": self.floor_day,
-            "seen": {str(day): list(hashes) for day, hashes in self.seen.items()},
+            "seen": {day: list(hashes) for day, hashes in self.seen.items()},
         }
 
     @classmethod

@@ -58,10 +58,10 @@ class UserStateCodec(codecs.Codec):
     """Table values: `UserState` as orjson bytes."""
 
     def _dumps(self, obj: Any) -> bytes:
-        return orjson.dumps(obj.to_dict())
+        return obj.to_json()  # type: ignore[no-any-return]
 
     def _loads(self, s: bytes) -> Any:
-        return UserState.from_dict(orjson.loads(s))
+        return UserState.from_json(s)
 
 
 _CODEC = UserStateCodec()

@@ -39,7 +39,7 @@ def stream_features(events: list[Event], config: FoldConfig) -> dict[str, dict[s
         fold(state, ev, config)
         # Round-trip through the changelog format now and then, as a restart would.
         if random.random() < 0.05:
-            states[ev.user_id] = UserState.from_dict(orjson.loads(orjson.dumps(state.to_dict())))
+            states[ev.user_id] = UserState.from_json(state.to_json())
     return {u: s.features() for u, s in states.items()}
 
 
