@@ -35,10 +35,10 @@ from __future__ import annotations
 
 import enum
 import hashlib
-
-import orjson
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from features.definitions import _ONE, CATEGORY_BUCKET_MS, CATEGORY_WINDOW_MS, DAY_MS, WINDOWED, cents, money
 from features.lifecycle import classify

@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import orjson
 import pytest
 
 from features import batch
