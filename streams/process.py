@@ -49,10 +49,12 @@ class WorkerProcess:
         self.loglevel = loglevel
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
+        self._log_start = 0  # this run's output starts here in a reused log
 
     def start(self) -> WorkerProcess:
         env = {**os.environ, **self.settings.to_env()}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.started_at = time.monotonic()
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -79,7 +81,7 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._check_alive()
-            if b"Worker ready" in self.log_path.read_bytes():
+            if b"Worker ready" in self._log():
                 return time.monotonic() - self.started_at
             time.sleep(0.1)
         raise NudgeError(f"worker on port {self.web_port} not ready after {timeout:.0f}s; see {self.log_path}")
@@ -99,8 +101,13 @@ class WorkerProcess:
 
     def _check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
-            tail = self.log_path.read_text(errors="replace").splitlines()[-20:]
+            tail = self._log().decode(errors="replace").splitlines()[-20:]
             raise NudgeError(f"worker exited with {self.proc.returncode}:\n" + "\n".join(tail))
+
+    def _log(self) -> bytes:
+        with self.log_path.open("rb") as log:
+            log.seek(self._log_start)
+            return log.read()
 
     def kill(self) -> None:
         """SIGKILL: a crash, nothing flushed."""

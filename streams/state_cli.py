@@ -221,6 +221,7 @@ def format_state(
     if now.tzinfo is None:
         raise ValueError("format_state: `now` must be timezone-aware")
     now_ms = int(now.timestamp() * 1000)
+    stale_after_ms = int(stale_after.total_seconds() * 1000)
     shown = dict(fields) if raw else mask_fields(fields)
     lines: list[str] = []
     row = _row_writer(lines)
@@ -237,10 +238,10 @@ def format_state(
         row("expires", expiry)
     if written is None:
         lines.append("  ! no updated_at: this hash was not written by a nudge worker, its age is unknown")
-    elif now_ms - written > stale_after.total_seconds() * 1000:
+    elif now_ms - written > stale_after_ms:
         lines.append(
-            f"  ! stale: last written {human_duration(now_ms - written)} ago (over {human_duration(int(stale_after.total_seconds() * 1000))});"
-            " no events for this user since, or no worker running (`nudge worker`)"
+            f"  ! stale: last written {human_duration(now_ms - written)} ago (over {human_duration(stale_after_ms)}): "
+            "no events for this user since, or no worker running (`nudge worker`)"
         )
 
     _section(lines, "recency")

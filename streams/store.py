@@ -123,6 +123,8 @@ class RedisFeatureStore:
                     exc,
                     delay,
                 )
+                # Connections from before an outage are dead: do not reuse them.
+                await self.client.connection_pool.disconnect()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _BACKOFF_MAX_S)
 
