@@ -31,7 +31,7 @@ down: ## stop the local stack
 	$(NUDGE) stack down
 
 demo: up ## start the stack, produce simulated traffic, show it flowing
-	$(BIN)/python -m producers.demo
+	$(BIN)/python -m bench.demo
 
 test: install system-deps ## the whole suite: lint, types, layers, unit and integration tests
 	$(BIN)/ruff check .

@@ -49,7 +49,7 @@ def settings_epilog(*names: str) -> str:
     lines = ["settings (env vars):"]
     for name in names:
         d = decls[name]
-        default = "" if d.secret else f" [default: {d.default}]"
+        default = "" if d.secret else f" [default: {d.default}]" if d.default != "" else " [default: derived]"
         lines.append(f"  {d.env:34} {d.help}{default}")
     return "\n".join(lines)
 

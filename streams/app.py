@@ -327,19 +327,24 @@ def create_app(settings: Settings, *, web_port: int | None = None, store: Featur
     app.nudge_metrics = metrics  # type: ignore[attr-defined]
     app.nudge_updater = updater  # type: ignore[attr-defined]
 
-    def _agent_for(topic_name: str) -> None:
-        topic = app.topic(topic_name, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
+    # One agent reads all input topics. One agent per topic raced: the agents
+    # share users' states, and interleaved batches lost events across a
+    # kill -9 under load. One agent per process keeps each batch's
+    # fold -> changelog -> Redis -> ack strictly sequential; scale out with
+    # processes (they share the partitions).
+    topics = app.topic(
+        *settings.input_topics,
+        settings.topic_rekeyed,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+    )
 
-        async def update_user_state(stream: Any) -> None:
-            async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-                await updater.process(stream, batch)
+    async def update_user_state(stream: Any) -> None:
+        async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+            await updater.process(stream, batch)
 
-        update_user_state.__name__ = f"update_user_state_{topic_name.replace('-', '_')}"
-        update_user_state.__qualname__ = update_user_state.__name__
-        app.agent(topic, name=f"nudge.update_user_state.{topic_name}")(update_user_state)
-
-    for name in (*settings.input_topics, settings.topic_rekeyed):
-        _agent_for(name)
+    app.agent(topics, name="nudge.update_user_state")(update_user_state)
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from bench import demo
 from nudge import cli
 from nudge.settings import Settings
-from producers import demo
 
 PHONE = "+447700900123"
 TOKEN = "f00dfacecafe0123456789abcdef0123456789abcdef0123456789abcdef0123"
