@@ -1,6 +1,7 @@
-"""The Faust app: topics, the user-state table, and one agent per input topic.
+"""The Faust app: topics, the user-state table, and the one agent that reads
+every input topic (plus the internal re-keyed topic), a batch at a time.
 
-Every agent runs the same batch step (`UserStateUpdater.process`):
+Each batch goes through `UserStateUpdater.process`:
 
 1. validate each message (`nudge.events.parse_event`); a bad one goes to the
    dead-letter topic with its reason;
@@ -11,8 +12,8 @@ Every agent runs the same batch step (`UserStateUpdater.process`):
 3. fold the event into the user's state (features.state.fold): duplicates
    and events older than the dedup memory change nothing;
 4. put each touched user's state into the table once (one changelog message
-   per user per batch), then flush the producer so the changelog, DLQ and
-   re-key messages are in Kafka before the batch is acknowledged;
+   per user per batch), then produce the changelog, DLQ and re-key messages
+   and wait for every ack before the batch is acknowledged;
 5. write the touched users to Redis (retrying while Redis is down).
 
 Faust acknowledges a `take_events` batch only after the agent body returns,
@@ -180,10 +181,10 @@ class UserStateUpdater:
     async def _send_all(self) -> None:
         """Produce the batch's changelog, DLQ and re-keyed messages; wait for every ack.
 
-        One agent at a time: the agents share user states, and a snapshot
-        taken earlier must never reach the changelog after a later one (a
-        restart would recover the older state while the newer events are
-        already committed). The lock keeps take-and-send order one order.
+        A snapshot taken earlier must never reach the changelog after a later
+        one (a restart would recover the older state while the newer events
+        are already committed). There is one agent; the lock keeps that true
+        should anything else ever call this concurrently.
         """
         async with self._send_lock:
             await self._send_all_locked()
@@ -293,7 +294,7 @@ def create_app(settings: Settings, *, web_port: int | None = None, store: Featur
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
-        broker=f"{transport.SCHEME}://{settings.kafka_bootstrap}",
+        broker=f"{transport.SCHEME if settings.fast_fetch else 'kafka'}://{settings.kafka_bootstrap}",
         store=settings.store,
         datadir=str(datadir),
         topic_partitions=settings.partitions,
