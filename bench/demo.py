@@ -43,10 +43,11 @@ from typing import Any, Final
 from tqdm import tqdm
 
 from nudge.errors import DependencyUnavailable, NudgeError
+from nudge.logs import display_url
 from nudge.settings import Settings
 from producers.simulator import EventDict, TokenBucket, generate, ground_truth, send_events
 from streams.process import WorkerProcess
-from streams.state_cli import display_url, format_state, read_state
+from streams.state_cli import format_state, read_state
 
 __all__ = ["DemoOptions", "main", "run_demo"]
 
@@ -119,14 +120,6 @@ def _check_kafka(bootstrap: str) -> None:
         except (OSError, ValueError) as exc:
             errors.append(f"{server}: {exc}")
     raise DependencyUnavailable(f"Kafka is not reachable at {bootstrap} ({'; '.join(errors)}); run `nudge stack up`")
-
-
-def _safe_url(url: str) -> str:
-    """The URL without a password, for messages."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
 
 
 def _port_free(port: int) -> bool:
@@ -372,7 +365,7 @@ def run_demo(options: DemoOptions, settings: Settings) -> int:
             client.ping()
         except (RedisError, OSError) as exc:
             raise DependencyUnavailable(
-                f"Redis is not reachable at {_safe_url(settings.redis_url)} ({exc}); run `nudge stack up`"
+                f"Redis is not reachable at {display_url(settings.redis_url)} ({exc}); run `nudge stack up`"
             ) from None
         ensure_topics(settings)
 

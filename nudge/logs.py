@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import re
+from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["RedactingFilter", "redact", "setup_logging"]
+__all__ = ["RedactingFilter", "display_url", "redact", "setup_logging"]
 
 _PHONE = re.compile(r"\+(\d{2})\d{4,10}(\d{3})\b")
 _SECRET = re.compile(
@@ -21,6 +22,19 @@ def redact(text: str) -> str:
     """Mask phone numbers (keep country code and last 3 digits) and secrets."""
     text = _PHONE.sub(lambda m: f"+{m.group(1)}*******{m.group(2)}", text)
     return _SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
+
+
+def display_url(url: str) -> str:
+    """The URL without its credentials, fit for messages and logs.
+
+    >>> display_url("redis://:s3cret@cache:6379/0")
+    'redis://***@cache:6379/0'
+    """
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"***@{host}"))
 
 
 class RedactingFilter(logging.Filter):

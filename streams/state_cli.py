@@ -33,11 +33,11 @@ import sys
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Final
-from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from features.lifecycle import classify
 from nudge.errors import ConfigError, DependencyUnavailable, InputError
+from nudge.logs import display_url
 from nudge.settings import Settings
 
 __all__ = [
@@ -184,19 +184,6 @@ def _timestamp(value: str | None, now_ms: int) -> str:
     if ms is None:
         return f"{value} (not epoch ms)"
     return f"{_iso(ms)} ({_age(ms, now_ms)})"
-
-
-def display_url(url: str) -> str:
-    """The URL without its password, fit for messages and logs.
-
-    >>> display_url("redis://:s3cret@cache:6379/0")
-    'redis://***@cache:6379/0'
-    """
-    parts = urlsplit(url)
-    if parts.password is None and parts.username is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"***@{host}"))
 
 
 # --------------------------------------------------------------------------

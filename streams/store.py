@@ -31,6 +31,7 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from nudge.logs import display_url
 from nudge.settings import Settings
 
 __all__ = ["FeatureStore", "InMemoryFeatureStore", "RedisFeatureStore", "UserWrite", "open_store"]
@@ -118,7 +119,7 @@ class RedisFeatureStore:
                 log.warning(
                     "Redis write of %d users to %s failed (attempt %d): %s; retrying in %.1fs",
                     len(users),
-                    _safe_url(self.settings.redis_url),
+                    display_url(self.settings.redis_url),
                     attempt,
                     exc,
                     delay,
@@ -207,11 +208,3 @@ def open_store(settings: Settings, on_error: Callable[[BaseException], None] | N
     from nudge.errors import ConfigError
 
     raise ConfigError(f"NUDGE_REDIS_URL: unknown scheme {scheme!r} (redis://, rediss://, unix://, memory://)")
-
-
-def _safe_url(url: str) -> str:
-    """The URL without a password, for logs."""
-    if "@" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
