@@ -85,9 +85,6 @@ class Settings:
     app_id: str = _setting("nudge", "NUDGE_APP_ID", "Faust app id: consumer group and prefix of internal topics")
     store: str = _setting("memory://", "NUDGE_STORE", "table store: memory:// (changelog recovery) or rocksdb://")
     worker_metrics_port: int = _setting(6066, "NUDGE_WORKER_METRICS_PORT", "worker's Prometheus /metrics port")
-    fast_fetch: bool = _setting(
-        True, "NUDGE_FAST_FETCH", "task-free fetch loop (streams/transport.py); false: Faust's stock loop"
-    )
     batch_max: int = _setting(2000, "NUDGE_BATCH_MAX", "most events folded per batch (one Redis pipeline each)")
     batch_within_s: float = _setting(0.05, "NUDGE_BATCH_WITHIN_S", "longest wait to fill a batch, seconds")
     grace_ms: int = _setting(

@@ -209,12 +209,21 @@ class UserStateUpdater:
         partitions = settings.partitions
         rekeyed_topic = settings.topic_rekeyed
         table = self.table
+        consumer: transport.Consumer = self.app.consumer  # type: ignore[assignment]
+        assigned = consumer.assignment()
         counts: dict[tuple[str, str], int] = {}
         touched: dict[str, tuple[UserState, EventT[Any]]] = {}
         oldest_ts: dict[str, float] = {}
         for event in events:
             message = event.message
             topic = message.topic
+            if message.tp not in assigned or consumer.is_stale(message):
+                # Handed over across a rebalance (streams/transport.py): the
+                # partition was sought back or is another worker's now. Not
+                # acked, so it counts for no commit; it comes again in order.
+                message.acked = True
+                counts[topic, "stale"] = counts.get((topic, "stale"), 0) + 1
+                continue
             try:
                 parsed = parse_event(
                     message.value, max_bytes=settings.max_event_bytes, max_future_ms=settings.max_future_ms
@@ -294,7 +303,7 @@ def create_app(settings: Settings, *, web_port: int | None = None, store: Featur
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
-        broker=f"{transport.SCHEME if settings.fast_fetch else 'kafka'}://{settings.kafka_bootstrap}",
+        broker=f"{transport.SCHEME}://{settings.kafka_bootstrap}",
         store=settings.store,
         datadir=str(datadir),
         topic_partitions=settings.partitions,

@@ -126,10 +126,6 @@ def test_parity_with_batch_reference(
     assert 0 < ttl <= unique_topics.state_ttl_s
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug, issue 3 open: rarely, a few events are lost across kill -9 / rebalances (see README)",
-)
 def test_kill_9_mid_stream_loses_and_doubles_nothing(
     unique_topics: Settings, sim_log: list[dict[str, Any]], reference: dict[str, dict[str, str]], tmp_path: Path
 ) -> None:
@@ -146,10 +142,6 @@ def test_kill_9_mid_stream_loses_and_doubles_nothing(
         wait_for_parity(unique_topics, reference, [second], timeout=300)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug, issue 3 open: rarely, a few events are lost across kill -9 / rebalances (see README)",
-)
 def test_two_workers_then_a_third_joining_mid_stream(
     unique_topics: Settings, sim_log: list[dict[str, Any]], reference: dict[str, dict[str, str]], tmp_path: Path
 ) -> None:
