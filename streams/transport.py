@@ -128,8 +128,8 @@ class Consumer(_aiokafka.Consumer):
             if offset is None:  # no committed offset: starts where Kafka's reset puts it
                 self._expect.pop(tp, None)
                 self._start.pop(tp, None)
-            else:
-                self._expect[tp] = offset
+            else:  # (Faust files a committed offset of 0 as None)
+                self._expect[tp] = self._start[tp] = offset
 
     async def _seek_back(self, tp: TP, offset: int) -> None:
         """Position `tp` at `offset` without starting a new epoch."""
@@ -183,6 +183,9 @@ class Consumer(_aiokafka.Consumer):
                     continue
                 generation = app.consumer_generation_id
                 sought_back: set[TP] = set()
+                # Partitions whose records this batch did not hand over: fetch
+                # them again (a tail skipped here would otherwise never come).
+                rewind: dict[TP, int] = {}
                 for tp, record in self.scheduler.iterate(records):
                     if not self.flow_active or generation != app.consumer_generation_id:
                         break
@@ -192,7 +195,8 @@ class Consumer(_aiokafka.Consumer):
                     acked_topic = acks_enabled_for(tp.topic)
                     if acked_topic:
                         if epoch != self._epoch:
-                            # A rebalance step began: its seek fetches these again.
+                            # A rebalance step began: fetch these again.
+                            rewind.setdefault(tp, offset)
                             continue
                         expected = expect.get(tp)
                         if expected is None:
@@ -226,6 +230,7 @@ class Consumer(_aiokafka.Consumer):
                             # buffer it went to may have been cleared and the
                             # partition sought back or given away.
                             self._stale.add(message)
+                            rewind.setdefault(tp, offset)
                             continue
                         expect[tp] = offset + 1
                     read_offset[tp] = offset
@@ -233,6 +238,9 @@ class Consumer(_aiokafka.Consumer):
                     if since_yield >= _YIELD_EVERY:
                         since_yield = 0
                         await asyncio.sleep(0)
+                for tp, first_skipped in rewind.items():
+                    expected = expect.get(tp)
+                    await self._seek_back(tp, first_skipped if expected is None else min(expected, first_skipped))
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 self.log.info("Broker stopped consumer, shutting down...")

@@ -87,12 +87,45 @@ def wait_for_parity(
             w._check_alive()
         bad = mismatches(settings, reference)
         if not bad:
-            return
+            break
         time.sleep(2.0)
-    sample = bad[0]
-    got = redis_state(settings, [sample])[sample]
-    diff = {k: (v, got.get(k)) for k, v in reference[sample].items() if got.get(k) != v}
-    pytest.fail(f"{len(bad)} users differ from the batch reference after {timeout:.0f}s; e.g. {sample}: {diff}")
+    else:
+        sample = bad[0]
+        got = redis_state(settings, [sample])[sample]
+        diff = {k: (v, got.get(k)) for k, v in reference[sample].items() if got.get(k) != v}
+        pytest.fail(f"{len(bad)} users differ from the batch reference after {timeout:.0f}s; e.g. {sample}: {diff}")
+    # Everything processed must end up committed, or a restart redoes it.
+    lag: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        lag = uncommitted(settings)
+        if not lag:
+            return
+        time.sleep(1.0)
+    pytest.fail(f"state matches, but offsets were not committed to the end: {lag}")
+
+
+def uncommitted(settings: Settings) -> dict[str, int]:
+    """Per input partition, how far the worker group's committed offset is behind the log end."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from nudge.topics import admin_client
+
+    tps = [TopicPartition(t, p) for t in settings.input_topics for p in range(settings.partitions)]
+    admin = admin_client(settings)
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        committed = admin.list_group_offsets({settings.app_id: tps})[settings.app_id]
+        ends = consumer.end_offsets(tps)
+    finally:
+        admin.close()
+        consumer.close()
+    lag = {}
+    for tp in tps:
+        meta = committed.get(tp)
+        behind = ends[tp] - (meta.offset if meta is not None and meta.offset >= 0 else 0)
+        if behind:
+            lag[f"{tp.topic}[{tp.partition}]"] = behind
+    return lag
 
 
 def log_path(tmp_path: Path, name: str) -> Path:
