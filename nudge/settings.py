@@ -85,6 +85,9 @@ class Settings:
     app_id: str = _setting("nudge", "NUDGE_APP_ID", "Faust app id: consumer group and prefix of internal topics")
     store: str = _setting("memory://", "NUDGE_STORE", "table store: memory:// (changelog recovery) or rocksdb://")
     worker_metrics_port: int = _setting(6066, "NUDGE_WORKER_METRICS_PORT", "worker's Prometheus /metrics port")
+    gc_full_every_s: float = _setting(
+        600.0, "NUDGE_GC_FULL_EVERY_S", "seconds between full garbage collections (streams/pauses.py); 0: never freeze"
+    )
     batch_max: int = _setting(2000, "NUDGE_BATCH_MAX", "most events folded per batch (one Redis pipeline each)")
     batch_within_s: float = _setting(0.05, "NUDGE_BATCH_WITHIN_S", "longest wait to fill a batch, seconds")
     grace_ms: int = _setting(

@@ -46,6 +46,7 @@ from nudge.settings import Settings
 from streams import transport
 from streams.dlq import dlq_headers
 from streams.metrics import StreamMetrics
+from streams.pauses import GcPolicy
 from streams.store import FeatureStore, UserWrite, open_store
 
 __all__ = ["UserStateUpdater", "create_app", "expected_partition"]
@@ -164,6 +165,8 @@ class UserStateUpdater:
         self.table.value_serializer = "nudge-user-state"
         self._outbox: list[tuple[str, bytes | None, bytes | None, Any]] = []
         self._send_lock = asyncio.Lock()
+        self.gc = GcPolicy(metrics.gc_pause_seconds, settings.gc_full_every_s)
+        self.gc.install()
 
     def _dead_letter(self, message: Any, reason: str, detail: str) -> None:
         headers = dlq_headers(
@@ -290,9 +293,12 @@ class UserStateUpdater:
             self.metrics.watermark.set(watermark / 1000)
         for (topic, outcome), n in counts.items():
             self.metrics.events.labels(topic, outcome).inc(n)
+            if outcome == "stale":
+                log.info("skipped %d stale messages of %s (handed over across a rebalance)", n, topic)
         self.metrics.batch_size.observe(len(events))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         self.metrics.last_batch.set(time.time())
+        self.gc.after_batch()
 
 
 def create_app(settings: Settings, *, web_port: int | None = None, store: FeatureStore | None = None) -> faust.App:

@@ -62,6 +62,13 @@ class StreamMetrics:
         self.watermark = Gauge(
             "nudge_stream_event_time_watermark_seconds", "Latest event time folded by this worker", registry=r
         )
+        self.gc_pause_seconds = Histogram(
+            "nudge_worker_gc_pause_seconds",
+            "Garbage-collection pauses by generation (streams/pauses.py)",
+            ["generation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.recovery_seconds = Gauge(
             "nudge_stream_table_recovery_seconds", "Time the last table recovery took", registry=r
         )

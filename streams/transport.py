@@ -18,14 +18,17 @@ partition for good):
   acked and C+1.. acked, it commits past C. It also files the message that
   revealed a gap as acked before it is processed.
 
-Here, for the input topics (those with acks), every rebalance step bumps an
-epoch; a fetched batch from an older epoch is abandoned (the seek re-fetches
-it), a message whose hand-off straddled a rebalance is marked stale (the
-agent skips it without acking; see `Consumer.is_stale`), the next expected
-offset per partition is tracked exactly, and the committed offset only ever
-advances through a contiguous run of acked offsets (or of offsets Kafka
-never returned: compaction, transaction markers) starting at the committed
-one.
+Here, for the input topics (those with acks): every assignment seeks each
+input partition explicitly (to its committed offset, or to the beginning:
+aiokafka leaves partitions without a committed offset wherever they were),
+and the next expected offset of each partition is tracked exactly from
+there; every rebalance step bumps an epoch, and records a step interrupted
+are fetched again; a message whose hand-off straddled a rebalance is marked
+stale (the agent skips it without acking; see `Consumer.is_stale`); a jump
+in offsets is fetched again before it is believed; and the committed offset
+only ever advances through a contiguous run of acked offsets (or of offsets
+Kafka never returned: compaction, transaction markers) starting at the
+committed one.
 
 The loop also calls the stream callback directly instead of Faust's
 `wait_first(callback(message), suspend_flow.wait())`, which spawns two tasks
@@ -38,7 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from faust.transport import drivers
@@ -81,7 +84,7 @@ class Consumer(_aiokafka.Consumer):
         self._expect: dict[TP, int] = {}
         self._start: dict[TP, int] = {}
         self._gaps: dict[TP, list[tuple[int, int]]] = {}
-        self._probed: dict[TP, int] = {}
+        self._probed: dict[TP, tuple[int, int]] = {}
         self._stale: weakref.WeakSet[Any] = weakref.WeakSet()
 
     # -- what the agent asks ------------------------------------------------
@@ -106,6 +109,8 @@ class Consumer(_aiokafka.Consumer):
         self._epoch += 1
 
     def _forget(self, tps: Iterable[TP]) -> None:
+        """Drop the bookkeeping of partitions being revoked; until the next
+        assignment's seek, their records are not handed over."""
         for tp in tps:
             for bookkeeping in (self._expect, self._start, self._gaps, self._probed, self._acked, self._acked_index):
                 bookkeeping.pop(tp, None)
@@ -115,21 +120,29 @@ class Consumer(_aiokafka.Consumer):
         await super().on_partitions_assigned(assigned, generation_id)
 
     async def perform_seek(self) -> None:
+        """Faust's seek to the committed offsets, then an explicit seek to the
+        beginning for every input partition without one (aiokafka leaves those
+        wherever they were), so that each input partition's position is known."""
         self._epoch += 1
         await super().perform_seek()
-        self._epoch += 1
-        self._restart_from({tp: self._read_offset.get(tp) for tp in self.assignment()})
-
-    def _restart_from(self, positions: Mapping[TP, int | None]) -> None:
         acks_enabled_for = self.app.topics.acks_enabled_for
+        positions: dict[TP, int] = {}
+        unknown: list[TP] = []
+        for tp in self.assignment():
+            if acks_enabled_for(tp.topic):
+                offset = self._read_offset.get(tp)
+                if offset is None:
+                    unknown.append(tp)
+                else:
+                    positions[tp] = offset
+        if unknown:
+            earliest = await self.earliest_offsets(*unknown)
+            for tp in unknown:
+                positions[tp] = earliest.get(tp) or 0
+                await _aiokafka.Consumer.seek(self, tp, positions[tp])
+        self._epoch += 1
         for tp, offset in positions.items():
-            if not acks_enabled_for(tp.topic):
-                continue
-            if offset is None:  # no committed offset: starts where Kafka's reset puts it
-                self._expect.pop(tp, None)
-                self._start.pop(tp, None)
-            else:  # (Faust files a committed offset of 0 as None)
-                self._expect[tp] = self._start[tp] = offset
+            self._expect[tp] = self._start[tp] = offset
 
     async def _seek_back(self, tp: TP, offset: int) -> None:
         """Position `tp` at `offset` without starting a new epoch."""
@@ -187,36 +200,42 @@ class Consumer(_aiokafka.Consumer):
                 # them again (a tail skipped here would otherwise never come).
                 rewind: dict[TP, int] = {}
                 for tp, record in self.scheduler.iterate(records):
-                    if not self.flow_active or generation != app.consumer_generation_id:
-                        break
-                    if tp in sought_back or (active is not None and tp not in active and tp not in buffered):
+                    if tp in sought_back:
                         continue
                     offset = record.offset
                     acked_topic = acks_enabled_for(tp.topic)
+                    wanted = (
+                        self.flow_active
+                        and generation == app.consumer_generation_id
+                        and (active is None or tp in active or tp in buffered)
+                    )
                     if acked_topic:
-                        if epoch != self._epoch:
-                            # A rebalance step began: fetch these again.
+                        if not wanted or epoch != self._epoch:
+                            # A rebalance step began, or the partition was
+                            # paused: fetch these again.
                             rewind.setdefault(tp, offset)
                             continue
                         expected = expect.get(tp)
-                        if expected is None:
-                            self._start.setdefault(tp, offset)
-                        elif offset < expected:
+                        if expected is None or offset < expected:
+                            # before the assignment's seek, or already handed over
                             continue
                         elif offset > expected:
-                            if self._probed.get(tp) != expected:
+                            if self._probed.get(tp) != (expected, offset):
                                 # Offsets expected..offset-1 never came: fetch
-                                # from `expected` again before believing it.
-                                self._probed[tp] = expected
+                                # from `expected` again, and believe the jump
+                                # only if Kafka answers the same way.
+                                self._probed[tp] = (expected, offset)
                                 sought_back.add(tp)
+                                self.log.info("%s jumped from %d to %d: fetching again", tp, expected, offset)
                                 await self._seek_back(tp, expected)
                                 continue
                             # Kafka has no records there (compaction,
                             # transaction markers): commits may pass over them.
                             self._gaps.setdefault(tp, []).append((expected, offset - 1))
+                            self.log.info("%s has no records %d..%d: commits pass over them", tp, expected, offset - 1)
                     else:
                         r_offset = read_offset[tp]
-                        if r_offset is not None and offset < r_offset:
+                        if not wanted or (r_offset is not None and offset < r_offset):
                             continue
                     commit_every = self._commit_every
                     if commit_every is not None and self._n_acked >= commit_every:
@@ -240,7 +259,10 @@ class Consumer(_aiokafka.Consumer):
                         await asyncio.sleep(0)
                 for tp, first_skipped in rewind.items():
                     expected = expect.get(tp)
-                    await self._seek_back(tp, first_skipped if expected is None else min(expected, first_skipped))
+                    if expected is not None:  # else the assignment's own seek comes
+                        target = min(expected, first_skipped)
+                        self.log.info("re-fetching %s from %d (a rebalance step interrupted its batch)", tp, target)
+                        await self._seek_back(tp, target)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 self.log.info("Broker stopped consumer, shutting down...")

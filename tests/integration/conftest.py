@@ -9,6 +9,7 @@ each other's data.
 from __future__ import annotations
 
 import dataclasses
+import os
 import uuid
 from collections.abc import Iterator
 
@@ -34,7 +35,10 @@ def settings() -> Iterator[Settings]:
 
 @pytest.fixture
 def unique_topics(settings: Settings) -> Iterator[Settings]:
-    """Settings whose topics are unique to this test and already created."""
+    """Settings whose topics are unique to this test and already created.
+
+    They are deleted afterwards unless NUDGE_KEEP_TEST_TOPICS=1 (to debug a
+    failure from the changelog and the DLQ)."""
     tag = uuid.uuid4().hex[:10]
     scoped = dataclasses.replace(
         settings,
@@ -49,6 +53,8 @@ def unique_topics(settings: Settings) -> Iterator[Settings]:
     )
     ensure_topics(scoped)
     yield scoped
+    if os.environ.get("NUDGE_KEEP_TEST_TOPICS") == "1":
+        return
     admin = admin_client(scoped)
     try:
         existing = set(admin.list_topics())

@@ -93,7 +93,10 @@ def wait_for_parity(
         sample = bad[0]
         got = redis_state(settings, [sample])[sample]
         diff = {k: (v, got.get(k)) for k, v in reference[sample].items() if got.get(k) != v}
-        pytest.fail(f"{len(bad)} users differ from the batch reference after {timeout:.0f}s; e.g. {sample}: {diff}")
+        pytest.fail(
+            f"{len(bad)} users differ from the batch reference after {timeout:.0f}s; e.g. {sample}: {diff}; "
+            f"uncommitted: {uncommitted(settings)}"
+        )
     # Everything processed must end up committed, or a restart redoes it.
     lag: dict[str, int] = {}
     while time.monotonic() < deadline:
