@@ -13,12 +13,13 @@ Each batch goes through `UserStateUpdater.process`:
    and events older than the dedup memory change nothing;
 4. put each touched user's state into the table once (one changelog message
    per user per batch), then produce the changelog, DLQ and re-key messages
-   and wait for every ack before the batch is acknowledged;
-5. write the touched users to Redis (retrying while Redis is down).
+   and, at the same time, write the touched users to Redis (retrying while
+   Redis is down); wait for both before the batch is acknowledged.
 
-Faust acknowledges a `take_events` batch only after the agent body returns,
-and commits only acknowledged offsets, so an event is never committed before
-its state is in the changelog and in Redis. A crash replays the uncommitted
+The agent reads its queue a batch at a time (`streams.batches`) and acks a
+batch only after this, and offsets are committed only through acked ones
+(`streams.transport`), so an event is never committed before its state is in
+the changelog and in Redis. A crash replays the uncommitted
 tail; the dedup memory, which lives inside the same changelogged state,
 makes that replay a no-op.
 """
@@ -44,6 +45,7 @@ from features.state import FoldConfig, Outcome, UserState, fold
 from nudge.events import Rejection, parse_event
 from nudge.settings import Settings
 from streams import transport
+from streams.batches import ack, batches
 from streams.dlq import dlq_headers
 from streams.metrics import StreamMetrics
 from streams.pauses import GcPolicy
@@ -206,6 +208,17 @@ class UserStateUpdater:
             results = await asyncio.gather(*futures)
             self.table.record_persisted(results[:n_changelog])
 
+    async def _store_users(self, writes: list[UserWrite], states: list[UserState]) -> None:
+        if not writes:
+            return
+        started = time.perf_counter()
+        written = await self.store.write(writes)
+        for w, state in zip(writes, states, strict=True):
+            state.written = (w.seq, w.fields) if w.stored else None
+        self.metrics.redis_write_seconds.observe(time.perf_counter() - started)
+        self.metrics.users_written.inc(written)
+        self.metrics.redis_up.set(1)
+
     async def process(self, stream: Any, events: Sequence[EventT[Any]]) -> None:
         started = time.perf_counter()
         settings = self.settings
@@ -275,17 +288,13 @@ class UserStateUpdater:
             )
             watermark = max(watermark, state.as_of or 0)
         stream._set_current_event(None)
-        # Changelog, DLQ and re-keyed messages must be in Kafka before this
-        # batch is acknowledged (Faust acks it when this method returns).
-        await self._send_all()
+        # Changelog, DLQ and re-keyed messages must be in Kafka, and the users
+        # in Redis, before this batch is acknowledged (the agent acks it when
+        # this method returns). The two are independent: Redis may show a
+        # state a moment before its changelog is durable, and a crash in
+        # between replays the same events to the same state (same seq).
+        await asyncio.gather(self._send_all(), self._store_users(writes, [s for s, _ in touched.values()]))
         if writes:
-            write_started = time.perf_counter()
-            written = await self.store.write(writes)
-            for w, (state, _event) in zip(writes, touched.values(), strict=True):
-                state.written = (w.seq, w.fields) if w.stored else None
-            self.metrics.redis_write_seconds.observe(time.perf_counter() - write_started)
-            self.metrics.users_written.inc(written)
-            self.metrics.redis_up.set(1)
             now = time.time()
             for ts in oldest_ts.values():
                 if ts:
@@ -325,7 +334,7 @@ def create_app(settings: Settings, *, web_port: int | None = None, store: Featur
         broker_max_poll_records=settings.batch_max * 2,
         consumer_max_fetch_size=settings.max_message_bytes,
         producer_max_request_size=settings.max_message_bytes,
-        producer_linger_ms=5,
+        producer_linger_ms=1,
         consumer_auto_offset_reset="earliest",
         # A killed worker's partitions move on after this, not Faust's 60 s.
         broker_session_timeout=10.0,
@@ -357,14 +366,20 @@ def create_app(settings: Settings, *, web_port: int | None = None, store: Featur
     )
 
     async def update_user_state(stream: Any) -> None:
-        async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-            await updater.process(stream, batch)
+        async for events in batches(stream, settings.batch_max, settings.batch_within_s):
+            await updater.process(stream, events)
+            ack(events)
 
     app.agent(topics, name="nudge.update_user_state")(update_user_state)
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
         return web.bytes(generate_latest(metrics.registry), content_type="text/plain; version=0.0.4")
+
+    @app.page("/offsets")
+    async def offsets_page(web: Any, request: Any) -> Any:
+        consumer: transport.Consumer = app.consumer  # type: ignore[assignment]
+        return web.json(consumer.offsets_report())
 
     @app.task  # type: ignore[untyped-decorator]
     async def log_ready() -> None:

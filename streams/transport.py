@@ -52,6 +52,7 @@ __all__ = ["SCHEME", "Consumer", "Transport", "next_commit", "register"]
 
 SCHEME = "nudgekafka"
 _YIELD_EVERY = 1000
+_BUFFER_FULL_POLL_S = 0.005
 
 
 def next_commit(start: int, acked: list[int], gaps: list[tuple[int, int]]) -> int:
@@ -96,6 +97,26 @@ class Consumer(_aiokafka.Consumer):
         no longer ours.
         """
         return message in self._stale
+
+    def offsets_report(self) -> dict[str, dict[str, Any]]:
+        """Per input partition: where it stands (served on /offsets; for operators)."""
+        active = self._active_partitions or set()
+        report = {}
+        for tp in sorted(self.assignment()):
+            if not self.app.topics.acks_enabled_for(tp.topic):
+                continue
+            acked = self._acked.get(tp) or []
+            report[f"{tp.topic}[{tp.partition}]"] = {
+                "committed": self._committed_offset.get(tp),
+                "next_expected": self._expect.get(tp),
+                "acked_pending": len(acked),
+                "lowest_acked_pending": min(acked) if acked else None,
+                "fetching": tp in active,
+                "buffer_full": tp in self._buffered_partitions,
+                "paused": tp in self._paused_partitions,
+                "gaps": self._gaps.get(tp, []),
+            }
+        return report
 
     # -- rebalance bookkeeping ----------------------------------------------
 
@@ -189,6 +210,11 @@ class Consumer(_aiokafka.Consumer):
         since_yield = 0
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
+                if self.flow_active and not self._get_active_partitions():
+                    # Every partition's stream buffer is full: Faust would
+                    # sleep a whole second here while the agent drains it.
+                    await asyncio.sleep(_BUFFER_FULL_POLL_S)
+                    continue
                 records, active = await self._wait_next_records(1.0)
                 epoch = self._epoch
                 await asyncio.sleep(0)
