@@ -276,6 +276,9 @@ def _plot(results: dict[str, Any], latencies: list[int], path: Path) -> None:
                   [rec[n]["first_start_s"] for n in names] + [rec[n]["restart_s"] for n in names])  # fmt: skip
         right.set_ylabel("seconds to ready")
         right.set_title("Worker start / restart (table recovery)")
+    else:
+        right.axis("off")
+        right.text(0.5, 0.5, "recovery not measured\n(--skip-recovery)", ha="center", va="center")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -158,17 +158,20 @@ class Consumer(_aiokafka.Consumer):
                     positions[tp] = offset
         if unknown:
             earliest = await self.earliest_offsets(*unknown)
-            for tp in unknown:
-                positions[tp] = earliest.get(tp) or 0
-                await _aiokafka.Consumer.seek(self, tp, positions[tp])
+            start = {tp: earliest.get(tp) or 0 for tp in unknown}
+            await self.seek_wait(start)
+            positions.update(start)
         self._epoch += 1
         for tp, offset in positions.items():
             self._expect[tp] = self._start[tp] = offset
 
     async def _seek_back(self, tp: TP, offset: int) -> None:
-        """Position `tp` at `offset` without starting a new epoch."""
+        """Position `tp` at `offset` without starting a new epoch.
+
+        Through the consumer thread (`seek_wait`): Faust's `seek` calls
+        aiokafka from this thread, which can leave its fetcher asleep."""
         try:
-            await self.seek(tp, offset)
+            await self.seek_wait({tp: offset})
         except Exception as exc:  # no longer assigned: the rebalance's own seek decides
             self.log.info("seek %s to %d skipped: %r", tp, offset, exc)
 
