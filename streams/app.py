@@ -226,17 +226,16 @@ class UserStateUpdater:
         rekeyed_topic = settings.topic_rekeyed
         table = self.table
         consumer: transport.Consumer = self.app.consumer  # type: ignore[assignment]
-        assigned = consumer.assignment()
         counts: dict[tuple[str, str], int] = {}
         touched: dict[str, tuple[UserState, EventT[Any]]] = {}
         oldest_ts: dict[str, float] = {}
         for event in events:
             message = event.message
             topic = message.topic
-            if message.tp not in assigned or consumer.is_stale(message):
-                # Handed over across a rebalance (streams/transport.py): the
-                # partition was sought back or is another worker's now. Not
-                # acked, so it counts for no commit; it comes again in order.
+            if not consumer.admit(message):
+                # Out of order, already folded, or no longer ours (after a
+                # rebalance; streams/transport.py). Not acked, so it counts
+                # for no commit; it comes again, in order, if it is ours.
                 message.acked = True
                 counts[topic, "stale"] = counts.get((topic, "stale"), 0) + 1
                 continue
@@ -300,6 +299,7 @@ class UserStateUpdater:
                 if ts:
                     self.metrics.freshness.observe(max(0.0, now - ts))
             self.metrics.watermark.set(watermark / 1000)
+        await consumer.refetch()
         for (topic, outcome), n in counts.items():
             self.metrics.events.labels(topic, outcome).inc(n)
             if outcome == "stale":

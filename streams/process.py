@@ -8,6 +8,7 @@ it (SIGKILL) to simulate a crash.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from nudge.errors import NudgeError
 from nudge.settings import Settings
@@ -70,6 +72,12 @@ class WorkerProcess:
         url = f"http://127.0.0.1:{self.web_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:
             return parse_metrics(response.read().decode())
+
+    def offsets(self) -> dict[str, dict[str, Any]]:
+        """The worker's /offsets report (per input partition it owns)."""
+        url = f"http://127.0.0.1:{self.web_port}/offsets"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())  # type: ignore[no-any-return]
 
     def total(self, name: str, metrics: dict[str, float] | None = None) -> float:
         """Sum of every sample of a metric (all label sets)."""

@@ -23,9 +23,10 @@ input partition explicitly (to its committed offset, or to the beginning:
 aiokafka leaves partitions without a committed offset wherever they were),
 and the next expected offset of each partition is tracked exactly from
 there; every rebalance step bumps an epoch, and records a step interrupted
-are fetched again; a message whose hand-off straddled a rebalance is marked
-stale (the agent skips it without acking; see `Consumer.is_stale`); a jump
-in offsets is fetched again before it is believed; and the committed offset
+are fetched again; the agent folds a partition's messages only in offset
+order, with no holes (`Consumer.admit`), whatever a rebalance left in the
+stream buffer; a jump in offsets is fetched again before it is believed;
+and the committed offset
 only ever advances through a contiguous run of acked offsets (or of offsets
 Kafka never returned: compaction, transaction markers) starting at the
 committed one.
@@ -40,7 +41,6 @@ Registered as the URL scheme `nudgekafka://`; pinned to faust-streaming
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -86,17 +86,47 @@ class Consumer(_aiokafka.Consumer):
         self._start: dict[TP, int] = {}
         self._gaps: dict[TP, list[tuple[int, int]]] = {}
         self._probed: dict[TP, tuple[int, int]] = {}
-        self._stale: weakref.WeakSet[Any] = weakref.WeakSet()
+        # The offset the agent folds next, per input partition (see `admit`),
+        # and the partitions it asked to fetch again from there.
+        self._fold_next: dict[TP, int] = {}
+        self._refetch: dict[TP, int] = {}
 
     # -- what the agent asks ------------------------------------------------
 
-    def is_stale(self, message: Any) -> bool:
-        """True for a message handed to the streams across a rebalance: skip it.
+    def admit(self, message: Any) -> bool:
+        """May the agent fold this message now? Only if it is the next offset of
+        its partition (or the first after offsets Kafka does not have).
 
-        Its partition was sought back (it will come again, in order) or is
-        no longer ours.
+        The last line of defence for order: whatever a rebalance leaves in the
+        stream buffer (a message handed over across it, a partition sought
+        back or given away), the agent folds each partition's messages exactly
+        once and in offset order. A message past a hole is refused and the
+        partition fetched again from the hole (`refetch`); a refused message
+        must not be acked, so no commit passes it.
         """
-        return message in self._stale
+        tp = message.tp
+        offset = message.offset
+        expected = self._fold_next.get(tp)
+        if expected is None or offset < expected:
+            return False  # not ours (yet), or folded already
+        if offset > expected and not any(
+            first <= expected and offset - 1 <= last for first, last in self._gaps.get(tp, ())
+        ):
+            self._refetch.setdefault(tp, expected)
+            return False
+        self._fold_next[tp] = offset + 1
+        return True
+
+    async def refetch(self) -> None:
+        """Fetch again every partition `admit` found a hole in."""
+        requests, self._refetch = self._refetch, {}
+        for tp, offset in requests.items():
+            if self._fold_next.get(tp) != offset:
+                continue  # a seek since then put it elsewhere
+            self.log.info("re-fetching %s from %d (the stream buffer skipped offsets)", tp, offset)
+            self._expect[tp] = offset
+            self._probed.pop(tp, None)
+            await self._seek_back(tp, offset)
 
     def offsets_report(self) -> dict[str, dict[str, Any]]:
         """Per input partition: where it stands (served on /offsets; for operators)."""
@@ -105,12 +135,13 @@ class Consumer(_aiokafka.Consumer):
         for tp in sorted(self.assignment()):
             if not self.app.topics.acks_enabled_for(tp.topic):
                 continue
-            acked = self._acked.get(tp) or []
+            committed = self._committed_offset.get(tp)  # Faust files 0 as None
+            pending = [o for o in self._acked.get(tp) or () if committed is None or o >= committed]
             report[f"{tp.topic}[{tp.partition}]"] = {
-                "committed": self._committed_offset.get(tp),
+                "committed": committed,
                 "next_expected": self._expect.get(tp),
-                "acked_pending": len(acked),
-                "lowest_acked_pending": min(acked) if acked else None,
+                "acked_pending": len(pending),
+                "lowest_acked_pending": min(pending) if pending else None,
                 "fetching": tp in active,
                 "buffer_full": tp in self._buffered_partitions,
                 "paused": tp in self._paused_partitions,
@@ -133,7 +164,16 @@ class Consumer(_aiokafka.Consumer):
         """Drop the bookkeeping of partitions being revoked; until the next
         assignment's seek, their records are not handed over."""
         for tp in tps:
-            for bookkeeping in (self._expect, self._start, self._gaps, self._probed, self._acked, self._acked_index):
+            for bookkeeping in (
+                self._expect,
+                self._start,
+                self._gaps,
+                self._probed,
+                self._fold_next,
+                self._refetch,
+                self._acked,
+                self._acked_index,
+            ):
                 bookkeeping.pop(tp, None)
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
@@ -141,9 +181,10 @@ class Consumer(_aiokafka.Consumer):
         await super().on_partitions_assigned(assigned, generation_id)
 
     async def perform_seek(self) -> None:
-        """Faust's seek to the committed offsets, then an explicit seek to the
-        beginning for every input partition without one (aiokafka leaves those
-        wherever they were), so that each input partition's position is known."""
+        """Faust's seek to the committed offsets, then an explicit seek of every
+        input partition to its committed offset or, without one, to the
+        beginning (aiokafka leaves those wherever they were), so that each
+        input partition's position is known."""
         self._epoch += 1
         await super().perform_seek()
         acks_enabled_for = self.app.topics.acks_enabled_for
@@ -158,12 +199,14 @@ class Consumer(_aiokafka.Consumer):
                     positions[tp] = offset
         if unknown:
             earliest = await self.earliest_offsets(*unknown)
-            start = {tp: earliest.get(tp) or 0 for tp in unknown}
-            await self.seek_wait(start)
-            positions.update(start)
-        self._epoch += 1
+            positions.update({tp: earliest.get(tp) or 0 for tp in unknown})
         for tp, offset in positions.items():
-            self._expect[tp] = self._start[tp] = offset
+            self._expect[tp] = self._start[tp] = self._fold_next[tp] = offset
+            self._refetch.pop(tp, None)
+        self._epoch += 1
+        # Records fetched while this ran were not handed over (no expected
+        # offset yet): put every input partition back where it starts.
+        await self.seek_wait(positions)
 
     async def _seek_back(self, tp: TP, offset: int) -> None:
         """Position `tp` at `offset` without starting a new epoch.
@@ -277,7 +320,6 @@ class Consumer(_aiokafka.Consumer):
                             # The hand-off waited through a rebalance step: the
                             # buffer it went to may have been cleared and the
                             # partition sought back or given away.
-                            self._stale.add(message)
                             rewind.setdefault(tp, offset)
                             continue
                         expect[tp] = offset + 1

@@ -151,7 +151,18 @@ def test_parity_with_batch_reference(
         worker.wait_processed(len(sim_log), timeout=300)
         wait_for_parity(unique_topics, reference, [worker], timeout=60)
         metrics = worker.metrics()
+        report = worker.offsets()
     assert worker.total("nudge_stream_dlq_total", metrics) == 0
+    # /offsets: every input partition, all of it processed and committed.
+    produced: dict[str, int] = {}
+    for ev in sim_log:
+        topic = topic_for_event_type(unique_topics, ev["type"])
+        produced[str(topic)] = produced.get(str(topic), 0) + 1
+    assert len(report) == 4 * unique_topics.partitions  # the input topics and the re-keyed one
+    assert all((row["committed"] or 0) == row["next_expected"] for row in report.values())
+    assert all(row["acked_pending"] == 0 and row["fetching"] for row in report.values())
+    for topic, count in produced.items():
+        assert sum(row["next_expected"] for name, row in report.items() if name.startswith(topic + "[")) == count
     # Every user's hash carries the contract's bookkeeping fields.
     sample = redis_state(unique_topics, [next(iter(reference))])
     fields = next(iter(sample.values()))
