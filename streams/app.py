@@ -237,7 +237,7 @@ class UserStateUpdater:
                 # rebalance; streams/transport.py). Not acked, so it counts
                 # for no commit; it comes again, in order, if it is ours.
                 message.acked = True
-                counts[topic, "stale"] = counts.get((topic, "stale"), 0) + 1
+                counts[topic, "refused"] = counts.get((topic, "refused"), 0) + 1
                 continue
             try:
                 parsed = parse_event(
@@ -302,8 +302,8 @@ class UserStateUpdater:
         await consumer.refetch()
         for (topic, outcome), n in counts.items():
             self.metrics.events.labels(topic, outcome).inc(n)
-            if outcome == "stale":
-                log.info("skipped %d stale messages of %s (handed over across a rebalance)", n, topic)
+            if outcome == "refused":
+                log.info("refused %d messages of %s: out of order, folded already or no longer ours", n, topic)
         self.metrics.batch_size.observe(len(events))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         self.metrics.last_batch.set(time.time())

@@ -25,7 +25,7 @@ class StreamMetrics:
         r = self.registry
         self.events = Counter(
             "nudge_stream_events_total",
-            "Input messages by what happened to them (applied, late, duplicate, expired, rejected, rekeyed)",
+            "Input messages by what happened to them (applied, late, duplicate, expired, rejected, rekeyed, refused)",
             ["topic", "outcome"],
             registry=r,
         )

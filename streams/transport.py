@@ -41,6 +41,7 @@ Registered as the URL scheme `nudgekafka://`; pinned to faust-streaming
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -53,6 +54,7 @@ __all__ = ["SCHEME", "Consumer", "Transport", "next_commit", "register"]
 SCHEME = "nudgekafka"
 _YIELD_EVERY = 1000
 _BUFFER_FULL_POLL_S = 0.005
+_REFETCH_AGAIN_S = 5.0
 
 
 def next_commit(start: int, acked: list[int], gaps: list[tuple[int, int]]) -> int:
@@ -90,6 +92,7 @@ class Consumer(_aiokafka.Consumer):
         # and the partitions it asked to fetch again from there.
         self._fold_next: dict[TP, int] = {}
         self._refetch: dict[TP, int] = {}
+        self._refetched: dict[TP, tuple[int, float]] = {}
 
     # -- what the agent asks ------------------------------------------------
 
@@ -120,9 +123,14 @@ class Consumer(_aiokafka.Consumer):
     async def refetch(self) -> None:
         """Fetch again every partition `admit` found a hole in."""
         requests, self._refetch = self._refetch, {}
+        now = time.monotonic()
         for tp, offset in requests.items():
             if self._fold_next.get(tp) != offset:
                 continue  # a seek since then put it elsewhere
+            last = self._refetched.get(tp)
+            if last is not None and last[0] == offset and now - last[1] < _REFETCH_AGAIN_S:
+                continue  # asked already: the buffer still holds what came before
+            self._refetched[tp] = (offset, now)
             self.log.info("re-fetching %s from %d (the stream buffer skipped offsets)", tp, offset)
             self._expect[tp] = offset
             self._probed.pop(tp, None)
@@ -171,6 +179,7 @@ class Consumer(_aiokafka.Consumer):
                 self._probed,
                 self._fold_next,
                 self._refetch,
+                self._refetched,
                 self._acked,
                 self._acked_index,
             ):
