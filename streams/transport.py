@@ -93,6 +93,7 @@ class Consumer(_aiokafka.Consumer):
         self._fold_next: dict[TP, int] = {}
         self._refetch: dict[TP, int] = {}
         self._refetched: dict[TP, tuple[int, float]] = {}
+        self._pending_seeks: set[asyncio.Future[None]] = set()
 
     # -- what the agent asks ------------------------------------------------
 
@@ -188,6 +189,20 @@ class Consumer(_aiokafka.Consumer):
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
         self._epoch += 1
         await super().on_partitions_assigned(assigned, generation_id)
+
+    def resume_flow(self) -> None:
+        """Faust resumes flow right after `flow_control.resume()`, which clears
+        every stream buffer: messages handed over since the last seek and not
+        yet taken by the agent are gone. Fetch each such partition again from
+        the offset the agent folds next."""
+        for tp, fold_next in self._fold_next.items():
+            if self._expect.get(tp, fold_next) != fold_next:
+                self._expect[tp] = fold_next
+                self._probed.pop(tp, None)
+                self.log.info("re-fetching %s from %d (flow resumed, stream buffer cleared)", tp, fold_next)
+                self._pending_seeks.add(asyncio.ensure_future(self._seek_back(tp, fold_next)))
+        self._pending_seeks = {f for f in self._pending_seeks if not f.done()}
+        super().resume_flow()
 
     async def perform_seek(self) -> None:
         """Faust's seek to the committed offsets, then an explicit seek of every
