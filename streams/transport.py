@@ -274,7 +274,7 @@ class Consumer(_aiokafka.Consumer):
         fetcher_should_stop = fetcher._stopped.is_set
         read_offset = self._read_offset
         expect = self._expect
-        acks_enabled_for = self.app.topics.acks_enabled_for
+        acks_enabled_for = app.topics.acks_enabled_for
         to_message = self._to_message
         buffered = self._buffered_partitions
         since_yield = 0
@@ -347,7 +347,8 @@ class Consumer(_aiokafka.Consumer):
                             rewind.setdefault(tp, offset)
                             continue
                         expect[tp] = offset + 1
-                    read_offset[tp] = offset
+                    else:
+                        read_offset[tp] = offset  # input partitions keep `expect` instead
                     since_yield += 1
                     if since_yield >= _YIELD_EVERY:
                         since_yield = 0
