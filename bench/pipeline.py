@@ -8,7 +8,7 @@ One run, on fresh topics, measures:
     state and writing Redis, events/s from its first to its last batch;
 (c) freshness at 50% of (b)'s rate: events stamped with their produce time,
     latency until the user's hash in Redis reflects them (read from the
-    `nudge:changes` stream, whose entry ids are Redis server time), p50/p99;
+    changes streams, whose entry ids are Redis server time), p50/p99;
 (d) table recovery: time until a restarted worker is ready, with the memory
     store (replays the changelog) and with RocksDB (local state kept).
 
@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 import redis
 
+from nudge.layout import changes_streams
 from nudge.settings import Settings
 from nudge.topics import admin_client, ensure_topics, topic_for_event_type
 
@@ -141,7 +142,9 @@ def _freshness(settings: Settings, rate: float, seconds: float, users: int, skip
         achieved = total / (time.perf_counter() - began)
     time.sleep(3.0)
     entries: dict[str, list[tuple[int, int]]] = {}
-    stream: list[tuple[str, dict[str, str]]] = client.xrange(settings.changes_stream, min=start_id)  # type: ignore[assignment]
+    stream: list[tuple[str, dict[str, str]]] = []
+    for name in changes_streams(settings):
+        stream += client.xrange(name, min=start_id)  # type: ignore[operator]
     for entry_id, fields in stream:
         written_ms = int(entry_id.split("-")[0])
         entries.setdefault(fields["user_id"], []).append((int(fields["as_of"] or 0), written_ms))

@@ -41,16 +41,27 @@ class Settings:
 
     # --- local stack -------------------------------------------------------
     data_dir: Path = _setting(Path(".nudge"), "NUDGE_DATA_DIR", "where the local stack keeps data, logs and pid files")
-    kafka_port: int = _setting(9092, "NUDGE_KAFKA_PORT", "local broker's client port")
-    kafka_controller_port: int = _setting(9093, "NUDGE_KAFKA_CONTROLLER_PORT", "local broker's KRaft controller port")
-    kafka_heap: str = _setting("512m", "NUDGE_KAFKA_HEAP", "JVM heap of the local broker (-Xmx/-Xms)")
-    redis_port: int = _setting(6379, "NUDGE_REDIS_PORT", "local Redis port")
+    kafka_brokers: int = _setting(
+        1, "NUDGE_KAFKA_BROKERS", "KRaft nodes (broker+controller) the local stack runs, 1..9"
+    )
+    kafka_port: int = _setting(9092, "NUDGE_KAFKA_PORT", "local broker's client port (node i: kafka_port+i-1)")
+    kafka_controller_port: int = _setting(
+        9192, "NUDGE_KAFKA_CONTROLLER_PORT", "local broker's KRaft controller port (node i: +i-1)"
+    )
+    kafka_heap: str = _setting("512m", "NUDGE_KAFKA_HEAP", "JVM heap of each local broker (-Xmx/-Xms)")
+    redis_port: int = _setting(6379, "NUDGE_REDIS_PORT", "local Redis port (cluster node i: redis_port+i-1)")
+    redis_cluster: bool = _setting(
+        False, "NUDGE_REDIS_CLUSTER", "Redis Cluster: the stack runs a cluster, clients use the cluster client"
+    )
+    redis_cluster_nodes: int = _setting(3, "NUDGE_REDIS_CLUSTER_NODES", "masters of the local Redis Cluster, 3..9")
 
     # --- connections -------------------------------------------------------
     kafka_bootstrap: str = _setting(
-        "", "NUDGE_KAFKA_BOOTSTRAP", "Kafka bootstrap servers (default 127.0.0.1:<kafka_port>)"
+        "", "NUDGE_KAFKA_BOOTSTRAP", "Kafka bootstrap servers (default: every local broker, 127.0.0.1:<kafka_port>,...)"
     )
-    redis_url: str = _setting("", "NUDGE_REDIS_URL", "Redis URL (default redis://127.0.0.1:<redis_port>/0)")
+    redis_url: str = _setting(
+        "", "NUDGE_REDIS_URL", "Redis URL, any node of a cluster (default redis://127.0.0.1:<redis_port>/0)"
+    )
 
     # --- topics ------------------------------------------------------------
     topic_clicks: str = _setting("clicks", "NUDGE_TOPIC_CLICKS", "input topic of click events")
@@ -59,7 +70,12 @@ class Settings:
     topic_dlq: str = _setting("dlq", "NUDGE_TOPIC_DLQ", "dead-letter topic: bad input with its reason")
     topic_rekeyed: str = _setting("nudge-rekeyed", "NUDGE_TOPIC_REKEYED", "internal topic: events re-keyed by user_id")
     partitions: int = _setting(6, "NUDGE_PARTITIONS", "partition count of every topic nudge creates")
-    replication: int = _setting(1, "NUDGE_REPLICATION", "replication factor of every topic nudge creates")
+    replication: int = _setting(
+        0, "NUDGE_REPLICATION", "replication factor of every topic nudge creates (0: min(3, NUDGE_KAFKA_BROKERS))"
+    )
+    min_insync_replicas: int = _setting(
+        0, "NUDGE_MIN_INSYNC_REPLICAS", "min.insync.replicas of topics and brokers (0: 2 if replication >= 3, else 1)"
+    )
     max_message_bytes: int = _setting(
         4 * 1024 * 1024,
         "NUDGE_MAX_MESSAGE_BYTES",
@@ -103,23 +119,91 @@ class Settings:
     # --- Redis state -------------------------------------------------------
     user_key_prefix: str = _setting("user:", "NUDGE_USER_KEY_PREFIX", "prefix of the per-user hash")
     changes_stream: str = _setting(
-        "nudge:changes", "NUDGE_CHANGES_STREAM", "Redis stream of user ids whose state changed"
+        "nudge:changes",
+        "NUDGE_CHANGES_STREAM",
+        "prefix of the Redis streams of user ids whose state changed: <prefix>:{0}, <prefix>:{1}, ...",
     )
-    changes_maxlen: int = _setting(1_000_000, "NUDGE_CHANGES_MAXLEN", "approximate cap of the changes stream")
+    changes_shards: int = _setting(
+        0,
+        "NUDGE_CHANGES_SHARDS",
+        "changes streams; a user always in shard crc32(user_id) % shards (0: 1 on one Redis, 16 on a cluster)",
+    )
+    changes_maxlen: int = _setting(
+        1_000_000, "NUDGE_CHANGES_MAXLEN", "approximate cap of each changes stream (0: no changes streams)"
+    )
     state_ttl_s: int = _setting(90 * 86_400, "NUDGE_STATE_TTL_S", "TTL of a user's hash after its last write, seconds")
 
     def __post_init__(self) -> None:
-        # Derived defaults: the connection strings follow the local ports.
+        if not 1 <= self.kafka_brokers <= 9:
+            raise ConfigError(f"NUDGE_KAFKA_BROKERS={self.kafka_brokers}: the local stack runs 1..9 brokers")
+        if not 3 <= self.redis_cluster_nodes <= 9:
+            raise ConfigError(f"NUDGE_REDIS_CLUSTER_NODES={self.redis_cluster_nodes}: a Redis Cluster has 3..9 masters")
+        # Derived defaults: the connection strings follow the local ports, the
+        # replication the local broker count (the stack is "known" when the
+        # bootstrap servers are its own brokers).
+        local_bootstrap = ",".join(f"127.0.0.1:{port}" for port in self.kafka_ports)
+        local = self.kafka_bootstrap in ("", local_bootstrap)
         if not self.kafka_bootstrap:
-            object.__setattr__(self, "kafka_bootstrap", f"127.0.0.1:{self.kafka_port}")
+            object.__setattr__(self, "kafka_bootstrap", local_bootstrap)
         if not self.redis_url:
             object.__setattr__(self, "redis_url", f"redis://127.0.0.1:{self.redis_port}/0")
+        if self.changes_shards == 0:
+            object.__setattr__(self, "changes_shards", 16 if self.redis_cluster else 1)
+        if not 1 <= self.changes_shards <= 1024:
+            raise ConfigError(f"NUDGE_CHANGES_SHARDS={self.changes_shards}: 1..1024 changes streams")
+        if self.replication == 0:
+            object.__setattr__(self, "replication", min(3, self.kafka_brokers))
+        if self.min_insync_replicas == 0:
+            object.__setattr__(self, "min_insync_replicas", 2 if self.replication >= 3 else 1)
         for name in ("kafka_port", "kafka_controller_port", "redis_port", "collector_port"):
             port = getattr(self, name)
             if not 0 < port < 65536:
                 raise ConfigError(f"{self._env(name)}={port}: a port is 1..65535")
+        self._check_port_ranges()
         if self.partitions < 1 or self.replication < 1:
             raise ConfigError("NUDGE_PARTITIONS and NUDGE_REPLICATION must be at least 1")
+        if not 1 <= self.min_insync_replicas <= self.replication:
+            raise ConfigError(
+                f"NUDGE_MIN_INSYNC_REPLICAS={self.min_insync_replicas}: must be 1..NUDGE_REPLICATION ({self.replication})"
+            )
+        if local and self.replication > self.kafka_brokers:
+            raise ConfigError(
+                f"NUDGE_REPLICATION={self.replication} exceeds NUDGE_KAFKA_BROKERS={self.kafka_brokers} local brokers"
+            )
+
+    def _check_port_ranges(self) -> None:
+        """The local stack's port ranges must not overlap (nor run past 65535)."""
+        ranges = [
+            ("NUDGE_KAFKA_PORT", "broker client ports", self.kafka_ports),
+            ("NUDGE_KAFKA_CONTROLLER_PORT", "controller ports", self.kafka_controller_ports),
+            ("NUDGE_REDIS_PORT", "Redis ports", self.redis_ports),
+        ]
+        if self.redis_cluster:
+            # Redis Cluster's bus listens on each node's port + 10000.
+            ranges.append(("NUDGE_REDIS_PORT", "Redis Cluster bus ports", tuple(p + 10_000 for p in self.redis_ports)))
+        for env, what, ports in ranges:
+            if ports[-1] > 65535:
+                raise ConfigError(f"{env}: {what} {ports[0]}..{ports[-1]} run past 65535")
+        for i, (env_a, what_a, a) in enumerate(ranges):
+            for env_b, what_b, b in ranges[i + 1 :]:
+                if a[0] <= b[-1] and b[0] <= a[-1]:
+                    raise ConfigError(f"{env_a} and {env_b}: {what_a} {a[0]}..{a[-1]} overlap {what_b} {b[0]}..{b[-1]}")
+
+    @property
+    def kafka_ports(self) -> tuple[int, ...]:
+        """Client ports of the local brokers, node 1 first."""
+        return tuple(range(self.kafka_port, self.kafka_port + self.kafka_brokers))
+
+    @property
+    def kafka_controller_ports(self) -> tuple[int, ...]:
+        """KRaft controller ports of the local nodes, node 1 first."""
+        return tuple(range(self.kafka_controller_port, self.kafka_controller_port + self.kafka_brokers))
+
+    @property
+    def redis_ports(self) -> tuple[int, ...]:
+        """Ports of the local Redis: one, or one per cluster node."""
+        count = self.redis_cluster_nodes if self.redis_cluster else 1
+        return tuple(range(self.redis_port, self.redis_port + count))
 
     @property
     def input_topics(self) -> tuple[str, str, str]:

@@ -48,9 +48,13 @@ def admin_client(settings: Settings) -> KafkaAdminClient:
 
 
 def ensure_topics(settings: Settings, names: tuple[str, ...] | None = None) -> list[str]:
-    """Create missing topics with the configured partitions; return those created."""
+    """Create missing topics with the configured partitions, replication factor and
+    min.insync.replicas; return those created. Existing topics are left as they are."""
     names = settings.all_topics if names is None else names
-    config = {"max.message.bytes": str(settings.max_message_bytes)}
+    config = {
+        "max.message.bytes": str(settings.max_message_bytes),
+        "min.insync.replicas": str(settings.min_insync_replicas),
+    }
     admin = admin_client(settings)
     try:
         existing = set(admin.list_topics())
@@ -67,7 +71,13 @@ def ensure_topics(settings: Settings, names: tuple[str, ...] | None = None) -> l
             except TopicAlreadyExistsError:
                 pass
         if created:
-            log.info("created topics %s with %d partitions", ", ".join(created), settings.partitions)
+            log.info(
+                "created topics %s with %d partitions, replication %d, min.insync.replicas %d",
+                ", ".join(created),
+                settings.partitions,
+                settings.replication,
+                settings.min_insync_replicas,
+            )
         return created
     finally:
         admin.close()
@@ -85,6 +95,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "topic_dlq",
         "topic_rekeyed",
         "partitions",
+        "replication",
+        "min_insync_replicas",
     )
     parser.set_defaults(func=run)
 

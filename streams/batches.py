@@ -14,6 +14,9 @@ correctness rests on:
   offsets are committed only then.
 
 A rebalance clears the queue (Faust's flow control), as it clears a Stream's.
+When the worker stops, Faust ends the channel by raising StopAsyncIteration
+in the waiting `get`; the generator then ends (raised out of an async
+generator it would become a RuntimeError and a traceback at every stop).
 """
 
 from __future__ import annotations
@@ -46,7 +49,10 @@ async def batches(stream: Any, max_events: int, within_s: float) -> AsyncIterato
         return event
 
     while True:
-        events: list[EventT[Any]] = [track(await queue.get())]
+        try:
+            events: list[EventT[Any]] = [track(await queue.get())]
+        except StopAsyncIteration:
+            return  # Faust ends the channel when the agent stops: end cleanly
         deadline = loop.time() + within_s
         while len(events) < max_events:
             try:

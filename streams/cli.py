@@ -44,6 +44,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     import faust
 
     from nudge.topics import ensure_topics
+    from streams.faust_internals import check_versions
+
+    check_versions()  # before anything leans on the libraries' internals
     from streams.app import create_app
 
     if args.store:

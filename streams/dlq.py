@@ -27,8 +27,17 @@ _MAX_DETAIL = 500
 
 
 def dlq_headers(
-    reason: str, detail: str, *, topic: str, partition: int, offset: int, timestamp_ms: int | None
+    reason: str,
+    detail: str,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    timestamp_ms: int | None,
+    failed_at_ms: int | None = None,
 ) -> list[tuple[str, bytes]]:
+    """The DLQ headers of a rejected message; `failed_at_ms` defaults to now."""
+    failed_at = int(time.time() * 1000) if failed_at_ms is None else failed_at_ms
     return [
         ("nudge.reason", reason.encode()),
         ("nudge.detail", detail[:_MAX_DETAIL].encode("utf-8", "replace")),
@@ -36,7 +45,7 @@ def dlq_headers(
         ("nudge.source.partition", str(partition).encode()),
         ("nudge.source.offset", str(offset).encode()),
         ("nudge.source.timestamp", str(timestamp_ms if timestamp_ms is not None else "").encode()),
-        ("nudge.failed_at", str(int(time.time() * 1000)).encode()),
+        ("nudge.failed_at", str(failed_at).encode()),
     ]
 
 

@@ -51,7 +51,20 @@ class StreamMetrics:
             "nudge_redis_write_seconds", "One pipelined Redis write of a batch", buckets=_LATENCY_BUCKETS, registry=r
         )
         self.redis_errors = Counter("nudge_redis_write_errors_total", "Failed Redis writes (retried)", registry=r)
-        self.redis_up = Gauge("nudge_redis_up", "1 when the last Redis write succeeded", registry=r)
+        self.dependency_up = Gauge(
+            "nudge_dependency_up",
+            "1 while the dependency answers, 0 from its first failed attempt until it answers again",
+            ["dependency"],
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "nudge_stream_batch_stage_seconds",
+            "Time of one batch's stages: step (pure CPU), kafka (changelog/DLQ produce until acked), "
+            "redis (store write); kafka and redis run concurrently",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.users_written = Counter("nudge_redis_users_written_total", "User hashes written", registry=r)
         self.last_commit = Gauge(
             "nudge_stream_last_commit_timestamp_seconds", "Wall time of the last offset commit", registry=r
@@ -68,9 +81,6 @@ class StreamMetrics:
             ["generation"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
-        )
-        self.recovery_seconds = Gauge(
-            "nudge_stream_table_recovery_seconds", "Time the last table recovery took", registry=r
         )
 
     def committed(self) -> None:

@@ -348,19 +348,21 @@ def _timezone(name: str | None, now: datetime) -> str:
 
 def read_state(settings: Settings, user_id: str) -> tuple[dict[str, str], int]:
     """The user's hash and its PTTL in ms (-2: no such key, -1: no TTL)."""
-    import redis
-    from redis.exceptions import RedisError, ResponseError
+    from redis.exceptions import RedisClusterException, RedisError, ResponseError
+
+    from nudge.redis_client import sync_client
 
     url = display_url(settings.redis_url)
     key = settings.user_key_prefix + user_id
     if settings.redis_url.startswith("memory://"):
         raise ConfigError("NUDGE_REDIS_URL=memory:// keeps state inside the worker; point it at a Redis to read it")
     try:
-        client = redis.Redis.from_url(
-            settings.redis_url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
-        )
+        # A cluster client (NUDGE_REDIS_CLUSTER) connects here to read the slot map.
+        client = sync_client(settings, decode_responses=True, socket_connect_timeout=2, socket_timeout=5)
     except ValueError as exc:
         raise ConfigError(f"NUDGE_REDIS_URL={url!r} is not a Redis URL: {exc}") from None
+    except (RedisError, RedisClusterException, OSError) as exc:
+        raise DependencyUnavailable(f"reading {key}: cannot reach Redis at {url}: {exc}") from None
     try:
         with client.pipeline(transaction=True) as pipe:
             pipe.hgetall(key)
@@ -399,7 +401,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not mask: prints PERSONAL DATA (phone number, push token, precise location) as stored",
     )
-    parser.epilog = settings_epilog("redis_url", "user_key_prefix")
+    parser.epilog = settings_epilog("redis_url", "redis_cluster", "user_key_prefix")
     parser.set_defaults(func=run)
 
 

@@ -1,77 +1,70 @@
 """The online feature store: where each user's latest state is written.
 
-Redis layout (DESIGN.md "Features"; the README has the full table):
+Redis layout (key names in `nudge.layout`; the README has the full table):
 
 - `<user_key_prefix><user_id>` (default `user:u123`): a hash of every field
-  `features.state.UserState.features()` returns, plus `seq` (the number of
-  events folded, a per-user version) and `updated_at` (wall-clock epoch ms of
-  the write). It expires `state_ttl_s` after its last write.
-- `<changes_stream>` (default `nudge:changes`): a stream with one entry
-  `{user_id, as_of}` per user per written batch, capped near `changes_maxlen`.
+  the step's `UserWrite` carries, plus `seq` (the number of events folded, a
+  per-user version) and `updated_at` (wall-clock epoch ms of the write). It
+  expires `state_ttl_s` after its last write.
+- `<changes_stream>:{i}` (default `nudge:changes:{0}` ...): the changes
+  streams, one entry `{user_id, as_of, seq}` per written user per batch, each
+  user always in the same shard, capped near `changes_maxlen` per shard.
 
-Writes are idempotent and never go backwards: a Lua script writes a hash only
-if its `seq` is at least the stored one, so a stale writer (a worker that just
-lost its partition, a retried batch) cannot overwrite newer state. One
-pipeline per batch, one script call per chunk of users (the script names
-all its keys; on Redis Cluster they would have to share a hash slot). While Redis is unreachable `write` retries with capped
-exponential backoff and does not return, so the worker does not acknowledge
-(and Kafka does not commit) events whose state is not in Redis yet.
+A write is two pipelined rounds:
 
-Drivers are chosen by URL: `redis://…`/`rediss://…` or `memory://` (tests).
+1. the hashes, by a Lua script that writes a hash only if its `seq` is at
+   least the stored one, so a stale writer (a worker that just lost its
+   partition, a retried batch) never overwrites newer state. It sends only
+   the fields that changed since this store last wrote the user, applied only
+   if the hash still holds exactly that base `seq` (else the whole hash is
+   sent in a second pass). One script call per chunk of users whose keys
+   share a hash slot: chunks of 250 on a single Redis; on Redis Cluster
+   (`NUDGE_REDIS_CLUSTER=1`) users grouped by slot, since Cluster refuses a
+   script whose keys span slots;
+2. then the changes entries of the users actually written, one script call
+   per shard. After round 1, so a reader who sees an entry finds the hash at
+   least that new.
+
+While Redis is unreachable `write` retries with capped exponential backoff
+and does not return, so the worker does not acknowledge (and Kafka does not
+commit) events whose state is not in Redis yet. A write is idempotent: a
+retry rewrites the same `seq` and appends the entries again (readers of the
+changes streams must be idempotent anyway).
+
+Drivers are chosen by URL: `redis://…`/`rediss://…`/`unix://…` or `memory://` (tests).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
+import contextlib
+import hashlib
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.crc import key_slot
+from redis.exceptions import NoScriptError, RedisError
 
-from nudge.logs import display_url
+from nudge.layout import changes_shard, changes_streams, user_key
+from nudge.redis_client import async_client
 from nudge.settings import Settings
+from streams.step import UserWrite
 
-__all__ = ["FeatureStore", "InMemoryFeatureStore", "RedisFeatureStore", "UserWrite", "open_store"]
+__all__ = ["FeatureStore", "InMemoryFeatureStore", "RedisFeatureStore", "open_store"]
 
-log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class UserWrite:
-    """One user's new state for the store.
-
-    `base_seq`/`base_fields` are what this process last wrote for the user
-    (None: unknown). With a base, only the fields that changed are sent, and
-    Redis applies them only if the hash still holds exactly that base;
-    otherwise the full state is written. `stored` is set by `write`.
-    """
-
-    user_id: str
-    seq: int
-    fields: dict[str, str]
-    base_seq: int | None = None
-    base_fields: dict[str, str] | None = None
-    stored: bool = False
-
-
-# One call writes a chunk of users (one round trip packs a few arguments
-# instead of ~40 per user: redis-py packs every argument in Python).
-# KEYS[1] = the changes stream, KEYS[2..] = the users' hashes.
-# ARGV = ttl, updated_at, changes maxlen ('' = no changes entries), then a
-# JSON list with one [seq, base seq ('' = full write), as_of, user_id,
-# [field, value, ...]] per hash, every item a string.
+# KEYS = the users' hashes (one hash slot on Cluster).
+# ARGV = ttl, updated_at, then a JSON list with one [seq, base seq ('' = full
+# write), [field, value, ...]] per key, every item a string.
 # Returns per user: 1 written, 0 stale (the hash holds a newer seq), -1 the
 # base is gone (send all fields).
-_WRITE_IF_NEWER = """
-local writes = cjson.decode(ARGV[4])
+_WRITE_USERS = """
+local writes = cjson.decode(ARGV[3])
 local results = {}
 for i, w in ipairs(writes) do
-  local key = KEYS[i + 1]
+  local key = KEYS[i]
   local current = redis.call('HGET', key, 'seq')
   local result = 1
   if w[2] ~= '' then
@@ -82,15 +75,21 @@ for i, w in ipairs(writes) do
     result = 0
   end
   if result == 1 then
-    redis.call('HSET', key, 'seq', w[1], 'updated_at', ARGV[2], unpack(w[5]))
+    redis.call('HSET', key, 'seq', w[1], 'updated_at', ARGV[2], unpack(w[3]))
     redis.call('EXPIRE', key, ARGV[1])
-  end
-  if ARGV[3] ~= '' then
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'user_id', w[4], 'as_of', w[3])
   end
   results[i] = result
 end
 return results
+"""
+
+# KEYS[1] = one changes stream; ARGV = maxlen, JSON [[user_id, as_of, seq], ...].
+_APPEND_CHANGES = """
+local entries = cjson.decode(ARGV[2])
+for _, e in ipairs(entries) do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'user_id', e[1], 'as_of', e[2], 'seq', e[3])
+end
+return #entries
 """
 _CHUNK = 250
 
@@ -106,96 +105,150 @@ class FeatureStore(Protocol):
     async def close(self) -> None: ...
 
 
-class RedisFeatureStore:
-    """Redis hashes + a changes stream, written in one pipeline per batch."""
+class _Script:
+    def __init__(self, body: str) -> None:
+        self.body = body
+        self.sha = hashlib.sha1(body.encode()).hexdigest()
 
-    def __init__(self, settings: Settings, *, on_error: Callable[[BaseException], None] | None = None) -> None:
+
+_WRITE = _Script(_WRITE_USERS)
+_APPEND = _Script(_APPEND_CHANGES)
+
+
+class RedisFeatureStore:
+    """Redis hashes + sharded changes streams, on one Redis or a Redis Cluster.
+
+    `on_error(exc)` is called on every failed attempt and `on_ok()` after each
+    successful write: the worker's dependency health (one log line per
+    interval, the `nudge_dependency_up` gauge) hangs on them.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        on_error: Callable[[BaseException], None] | None = None,
+        on_ok: Callable[[], object] | None = None,
+    ) -> None:
         self.settings = settings
         self.on_error = on_error
-        self.client = aioredis.Redis.from_url(
-            settings.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10
-        )
-        self._script = self.client.register_script(_WRITE_IF_NEWER)
+        self.on_ok = on_ok
+        self.client: Any = self._connect()
+        self._streams = changes_streams(settings)
+        # What this store last wrote per user, (seq, fields): only the fields
+        # that changed since are sent.
+        self._written: dict[str, tuple[int, dict[str, str]]] = {}
+        self._scripts_loaded = False
         self.errors = 0
         self.stale = 0
 
-    async def write(self, users: Sequence[UserWrite]) -> int:
-        """Write every user (seq-guarded) and append them to the changes stream.
+    def _connect(self) -> Any:
+        return async_client(self.settings, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10)
 
-        Retries until Redis takes the whole pipeline; returns how many hashes
+    async def write(self, users: Sequence[UserWrite]) -> int:
+        """Write every user (seq-guarded) and append them to the changes streams.
+
+        Retries until Redis takes the whole write; returns how many hashes
         were actually written (stale ones are skipped by the script).
         """
         if not users:
             return 0
         delay = _BACKOFF_START_S
-        attempt = 0
         while True:
-            attempt += 1
             try:
-                return await self._write_once(users)
+                if not self._scripts_loaded:
+                    await self._load_scripts()
+                written = await self._write_once(users)
+            except NoScriptError:
+                # A restarted node forgot the scripts: load them, go again.
+                self._scripts_loaded = False
+                continue
             except (RedisError, OSError) as exc:
                 self.errors += 1
                 if self.on_error is not None:
                     self.on_error(exc)
-                log.warning(
-                    "Redis write of %d users to %s failed (attempt %d): %s; retrying in %.1fs",
-                    len(users),
-                    display_url(self.settings.redis_url),
-                    attempt,
-                    exc,
-                    delay,
-                )
-                # Connections from before an outage are dead: do not reuse them.
-                await self.client.connection_pool.disconnect()
+                # Connections from before an outage are dead, and a cluster's
+                # map of slots may be stale: start afresh.
+                await self._reconnect()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _BACKOFF_MAX_S)
+                continue
+            if self.on_ok is not None:
+                self.on_ok()
+            return written
+
+    async def _load_scripts(self) -> None:
+        # On a cluster, SCRIPT LOAD goes to every primary.
+        for script in (_WRITE, _APPEND):
+            await self.client.script_load(script.body)
+        self._scripts_loaded = True
+
+    async def _reconnect(self) -> None:
+        old, self.client = self.client, self._connect()
+        self._scripts_loaded = False
+        with contextlib.suppress(RedisError, OSError):
+            await old.aclose()
+
+    def _chunks(self, users: list[UserWrite]) -> list[list[UserWrite]]:
+        if not self.settings.redis_cluster:
+            return [users[i : i + _CHUNK] for i in range(0, len(users), _CHUNK)]
+        by_slot: dict[int, list[UserWrite]] = defaultdict(list)
+        prefix = self.settings.user_key_prefix.encode()
+        for w in users:
+            by_slot[key_slot(prefix + w.user_id.encode())].append(w)
+        return list(by_slot.values())
 
     async def _write_once(self, users: Sequence[UserWrite]) -> int:
         s = self.settings
         now = str(int(time.time() * 1000))
         ttl = str(s.state_ttl_s)
+        written_cache = self._written
         todo = list(users)
-        written = 0
+        written: list[UserWrite] = []
         for full in (False, True):
-            # The first round also appends each user to the changes stream.
-            maxlen = "" if full else str(s.changes_maxlen)
+            chunks = self._chunks(todo)
             async with self.client.pipeline(transaction=False) as pipe:
-                for i in range(0, len(todo), _CHUNK):
-                    chunk = todo[i : i + _CHUNK]
+                for chunk in chunks:
                     entries = []
                     for w in chunk:
-                        base = None if full else w.base_fields
+                        base = None if full else written_cache.get(w.user_id)
                         if base is None:
-                            pairs = [x for item in w.fields.items() for x in item]
+                            entries.append((str(w.seq), "", [x for item in w.fields.items() for x in item]))
                         else:
-                            pairs = [
-                                x for name, value in w.fields.items() if base.get(name) != value for x in (name, value)
-                            ]
-                        entries.append(
-                            (
-                                str(w.seq),
-                                "" if base is None else str(w.base_seq),
-                                w.fields.get("as_of", ""),
-                                w.user_id,
-                                pairs,
-                            )
-                        )
-                    keys = [s.changes_stream, *(s.user_key_prefix + w.user_id for w in chunk)]
-                    await self._script(keys=keys, args=[ttl, now, maxlen, orjson.dumps(entries)], client=pipe)
-                chunks = await pipe.execute()
-            results = [result for chunk_results in chunks for result in chunk_results]
+                            old = base[1]
+                            changed = [x for k, v in w.fields.items() if old.get(k) != v for x in (k, v)]
+                            entries.append((str(w.seq), str(base[0]), changed))
+                    keys = [user_key(s, w.user_id) for w in chunk]
+                    pipe.evalsha(_WRITE.sha, len(keys), *keys, ttl, now, orjson.dumps(entries))
+                results = await pipe.execute()
             retry = []
-            for w, result in zip(todo, results, strict=True):
-                if result == -1:
-                    retry.append(w)
-                else:
-                    w.stored = result == 1
-                    written += w.stored
-            self.stale += sum(1 for r in results if r == 0)
+            for chunk, chunk_results in zip(chunks, results, strict=True):
+                for w, result in zip(chunk, chunk_results, strict=True):
+                    if result == -1:
+                        retry.append(w)
+                    elif result == 1:
+                        written.append(w)
+                        written_cache[w.user_id] = (w.seq, w.fields)
+                    else:
+                        self.stale += 1
             if not retry:
                 break
             todo = retry
-        return written
+        await self._append_changes(written)
+        return len(written)
+
+    async def _append_changes(self, written: list[UserWrite]) -> None:
+        if not written or self.settings.changes_maxlen <= 0:
+            return
+        by_shard: dict[int, list[tuple[str, str, str]]] = defaultdict(list)
+        shards = len(self._streams)
+        for w in written:
+            by_shard[changes_shard(w.user_id, shards)].append((w.user_id, w.fields.get("as_of", ""), str(w.seq)))
+        maxlen = str(self.settings.changes_maxlen)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for shard, entries in by_shard.items():
+                pipe.evalsha(_APPEND.sha, 1, self._streams[shard], maxlen, orjson.dumps(entries))
+            await pipe.execute()
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -219,20 +272,24 @@ class InMemoryFeatureStore:
             if current is not None and int(current["seq"]) > w.seq:
                 continue
             self.hashes[w.user_id] = {**(current or {}), **w.fields, "seq": str(w.seq)}
-            w.stored = True
+            self.changes.append((w.user_id, w.fields.get("as_of", "")))
             written += 1
-        self.changes.extend((w.user_id, w.fields.get("as_of", "")) for w in users)
         return written
 
     async def close(self) -> None:
         return None
 
 
-def open_store(settings: Settings, on_error: Callable[[BaseException], None] | None = None) -> FeatureStore:
+def open_store(
+    settings: Settings,
+    *,
+    on_error: Callable[[BaseException], None] | None = None,
+    on_ok: Callable[[], object] | None = None,
+) -> FeatureStore:
     """The store named by `settings.redis_url`'s scheme."""
     scheme = settings.redis_url.split("://", 1)[0]
     if scheme in ("redis", "rediss", "unix"):
-        return RedisFeatureStore(settings, on_error=on_error)
+        return RedisFeatureStore(settings, on_error=on_error, on_ok=on_ok)
     if scheme == "memory":
         return InMemoryFeatureStore()
     from nudge.errors import ConfigError

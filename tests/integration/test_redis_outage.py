@@ -7,7 +7,7 @@ own (never the shared one on 6379, which other tests use), SIGKILLs that
 Redis mid-stream, and checks each part of the promise:
 
 - the worker stays alive, stops making progress and keeps retrying, visibly
-  (`nudge_redis_write_errors_total` grows, `nudge_redis_up` is 0);
+  (`nudge_redis_write_errors_total` grows, `nudge_dependency_up{dependency="redis"}` is 0);
 - the consumer group's committed offsets do not move while Redis is down, and
   every committed event is already in the state Redis had acknowledged (read
   from the AOF by a second, private redis-server on the same directory);
@@ -45,6 +45,7 @@ from tests.integration.test_worker import free_port, produce, wait_for_parity
 
 REDIS_SERVER = "/usr/bin/redis-server"
 USERS, DAYS, SEED = 1500, 1.0, 23  # about 22k events of 1.1k users
+REDIS_UP = 'nudge_dependency_up{dependency="redis"}'
 COMMIT_INTERVAL_S = 2.8  # Faust's default broker_commit_interval (PITFALLS.md)
 
 Log = dict[TopicPartition, list[str]]  # user id of each message, in offset order
@@ -242,7 +243,7 @@ def test_redis_killed_mid_stream_loses_nothing_and_commits_nothing_unwritten(
         assert stalled_at < len(events), "Redis died after the worker had finished: nothing was tested"
         # Ops see the outage on /metrics: errors counted, Redis marked down.
         early = worker.metrics()
-        assert worker.total("nudge_redis_up", early) == 0, "nudge_redis_up still says 1 with Redis dead"
+        assert early.get(REDIS_UP) == 0, "nudge_dependency_up still says Redis is up with Redis dead"
         assert worker.total("nudge_redis_write_errors_total", early) > 0, "no failed Redis write was counted"
 
         # 3. Commits already owed for batches written before the kill land
@@ -257,7 +258,7 @@ def test_redis_killed_mid_stream_loses_nothing_and_commits_nothing_unwritten(
         assert worker.total("nudge_redis_write_errors_total", during) > worker.total(
             "nudge_redis_write_errors_total", early
         ), "the worker stopped retrying"
-        assert worker.total("nudge_redis_up", during) == 0
+        assert during.get(REDIS_UP) == 0
         later = committed_offsets(settings)
         moved = {f"{tp.topic}[{tp.partition}]": (frozen[tp], later[tp]) for tp in frozen if later[tp] != frozen[tp]}
         assert not moved, f"offsets committed while Redis was down: {moved}"
@@ -301,4 +302,4 @@ def test_redis_killed_mid_stream_loses_nothing_and_commits_nothing_unwritten(
         f"outage {outage_s:.1f}s; {at_kill:.0f} events processed at the kill, {stalled_at:.0f}/{len(events)} when "
         f"stalled; parity {recovered_s:.1f}s after restart"
     )
-    assert worker.total("nudge_redis_up", after) == 1
+    assert after.get(REDIS_UP) == 1

@@ -16,6 +16,7 @@ import redis
 
 from bench import demo
 from nudge import cli
+from nudge.layout import changes_streams
 from nudge.settings import Settings
 
 PHONE = "+447700900123"
@@ -39,7 +40,7 @@ def scoped(unique_topics: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator
     doomed = list(client.scan_iter(match=unique_topics.user_key_prefix + "*", count=1000))
     if doomed:
         client.delete(*doomed)
-    client.delete(unique_topics.changes_stream)
+    client.delete(*changes_streams(unique_topics))
     client.close()
 
 

@@ -16,6 +16,7 @@ import redis
 from features import batch
 from features.state import FoldConfig
 from nudge.events import Event, parse_event_obj
+from nudge.layout import changes_stream_of, changes_streams
 from nudge.settings import Settings
 from nudge.topics import topic_for_event_type
 from producers.kafka import EventProducer
@@ -152,6 +153,9 @@ def test_parity_with_batch_reference(
         wait_for_parity(unique_topics, reference, [worker], timeout=60)
         metrics = worker.metrics()
         report = worker.offsets()
+    # A SIGTERM stop is clean: exit status 0, no traceback in the log.
+    assert worker.proc is not None and worker.proc.returncode == 0
+    assert "Traceback" not in log_path(tmp_path, "w1").read_text()
     assert worker.total("nudge_stream_dlq_total", metrics) == 0
     # /offsets: every input partition, all of it processed and committed.
     produced: dict[str, int] = {}
@@ -168,7 +172,12 @@ def test_parity_with_batch_reference(
     fields = next(iter(sample.values()))
     assert {"as_of", "updated_at", "seq", "lifecycle", "top_category", "cart_open"} <= set(fields)
     client = redis.Redis.from_url(unique_topics.redis_url)
-    assert client.xlen(unique_topics.changes_stream) > 0
+    # Every written user has entries in its own changes shard, and only there.
+    streams = changes_streams(unique_topics)
+    assert sum(client.xlen(name) for name in streams) > 0
+    user = next(iter(reference))
+    mine = client.xrange(changes_stream_of(unique_topics, user))
+    assert any(fields[b"user_id"] == user.encode() for _, fields in mine)
     ttl = client.ttl(unique_topics.user_key_prefix + next(iter(reference)))
     assert 0 < ttl <= unique_topics.state_ttl_s
 

@@ -110,3 +110,25 @@ def test_taken_messages_are_tracked_until_acked() -> None:
         assert clicks.message.acked and changelog.message.acked
 
     asyncio.run(scenario())
+
+
+def test_the_generator_ends_cleanly_when_faust_ends_the_channel() -> None:
+    """Faust stops an agent by raising StopAsyncIteration in the waiting get;
+    escaping an async generator, that was a RuntimeError at every SIGTERM."""
+
+    async def scenario() -> list[list[int]]:
+        stream = _stream()
+        stream.channel.queue.put_nowait(_event("clicks", 0))
+        got = []
+
+        async def end() -> None:
+            await asyncio.sleep(0.05)  # the generator now waits for the next batch
+            stream.channel.queue._getters[0].set_exception(StopAsyncIteration())  # type: ignore[attr-defined]
+
+        ending = asyncio.ensure_future(end())
+        async for batch in batches(stream, 10, within_s=0.01):
+            got.append([e.message.offset for e in batch])
+        await ending
+        return got
+
+    assert asyncio.run(scenario()) == [[0]]

@@ -83,9 +83,9 @@ def test_port_range_bounds_are_accepted(value: str) -> None:
 
 
 def test_partitions_and_replication_must_be_positive() -> None:
-    for env in ("NUDGE_PARTITIONS", "NUDGE_REPLICATION"):
+    for env, value in (("NUDGE_PARTITIONS", "0"), ("NUDGE_PARTITIONS", "-1"), ("NUDGE_REPLICATION", "-1")):
         with pytest.raises(ConfigError, match=env):
-            Settings.from_env({env: "0"})
+            Settings.from_env({env: value})
 
 
 def test_connection_strings_follow_the_ports() -> None:
@@ -95,6 +95,139 @@ def test_connection_strings_follow_the_ports() -> None:
     moved = Settings.from_env({"NUDGE_KAFKA_PORT": "19092", "NUDGE_REDIS_PORT": "16379"})
     assert moved.kafka_bootstrap == "127.0.0.1:19092"
     assert moved.redis_url == "redis://127.0.0.1:16379/0"
+
+
+def test_bootstrap_lists_every_local_broker() -> None:
+    s = Settings.from_env({"NUDGE_KAFKA_BROKERS": "3", "NUDGE_KAFKA_PORT": "19092"})
+    assert s.kafka_bootstrap == "127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094"
+    assert s.kafka_ports == (19092, 19093, 19094)
+    assert s.kafka_controller_ports == (9192, 9193, 9194)
+
+
+# --- brokers, replication, Redis Cluster -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("brokers", "replication", "min_isr"), [("1", 1, 1), ("2", 2, 1), ("3", 3, 2), ("5", 3, 2), ("9", 3, 2)]
+)
+def test_replication_and_min_isr_derive_from_the_broker_count(brokers: str, replication: int, min_isr: int) -> None:
+    s = Settings.from_env({"NUDGE_KAFKA_BROKERS": brokers})
+    assert (s.kafka_brokers, s.replication, s.min_insync_replicas) == (int(brokers), replication, min_isr)
+
+
+def test_explicit_replication_derives_its_min_isr() -> None:
+    s = Settings.from_env({"NUDGE_KAFKA_BROKERS": "5", "NUDGE_REPLICATION": "2"})
+    assert (s.replication, s.min_insync_replicas) == (2, 1)
+    s = Settings.from_env({"NUDGE_KAFKA_BROKERS": "5", "NUDGE_REPLICATION": "5", "NUDGE_MIN_INSYNC_REPLICAS": "3"})
+    assert (s.replication, s.min_insync_replicas) == (5, 3)
+
+
+def test_derived_values_survive_a_round_trip_through_the_env() -> None:
+    s = Settings.from_env({"NUDGE_KAFKA_BROKERS": "3", "NUDGE_REDIS_CLUSTER": "1"})
+    assert Settings.from_env(s.to_env()) == s
+
+
+def _one_line_error(env: dict[str, str]) -> str:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    message = str(info.value)
+    assert message and "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("value", ["0", "10", "-1"])
+def test_broker_count_is_1_to_9(value: str) -> None:
+    assert "NUDGE_KAFKA_BROKERS" in _one_line_error({"NUDGE_KAFKA_BROKERS": value})
+
+
+@pytest.mark.parametrize("value", ["2", "10"])
+def test_redis_cluster_nodes_are_3_to_9(value: str) -> None:
+    assert "NUDGE_REDIS_CLUSTER_NODES" in _one_line_error({"NUDGE_REDIS_CLUSTER_NODES": value})
+
+
+def test_min_isr_cannot_exceed_replication() -> None:
+    message = _one_line_error({"NUDGE_KAFKA_BROKERS": "3", "NUDGE_REPLICATION": "2", "NUDGE_MIN_INSYNC_REPLICAS": "3"})
+    assert "NUDGE_MIN_INSYNC_REPLICAS=3" in message and "NUDGE_REPLICATION" in message
+    assert "NUDGE_MIN_INSYNC_REPLICAS" in _one_line_error({"NUDGE_MIN_INSYNC_REPLICAS": "-1"})
+
+
+def test_replication_cannot_exceed_the_local_brokers() -> None:
+    message = _one_line_error({"NUDGE_KAFKA_BROKERS": "2", "NUDGE_REPLICATION": "3"})
+    assert "NUDGE_REPLICATION=3" in message and "NUDGE_KAFKA_BROKERS=2" in message
+    # Another cluster's brokers: their count is not ours to know.
+    remote = Settings.from_env({"NUDGE_KAFKA_BOOTSTRAP": "kafka:9092", "NUDGE_REPLICATION": "3"})
+    assert (remote.replication, remote.min_insync_replicas) == (3, 2)
+
+
+def test_redis_cluster_flag_parses_as_a_bool() -> None:
+    assert Settings.from_env({"NUDGE_REDIS_CLUSTER": "1"}).redis_cluster is True
+    assert Settings.from_env({"NUDGE_REDIS_CLUSTER": "false"}).redis_cluster is False
+    assert "NUDGE_REDIS_CLUSTER" in _one_line_error({"NUDGE_REDIS_CLUSTER": "maybe"})
+    s = Settings.from_env({"NUDGE_REDIS_CLUSTER": "yes", "NUDGE_REDIS_CLUSTER_NODES": "5", "NUDGE_REDIS_PORT": "7000"})
+    assert s.redis_ports == (7000, 7001, 7002, 7003, 7004)
+    assert Settings().redis_ports == (6379,)
+
+
+# --- port ranges ----------------------------------------------------------------------
+
+
+def test_default_port_ranges_are_disjoint_up_to_nine_brokers_and_nodes() -> None:
+    s = Settings.from_env({"NUDGE_KAFKA_BROKERS": "9", "NUDGE_REDIS_CLUSTER": "1", "NUDGE_REDIS_CLUSTER_NODES": "9"})
+    assert s.kafka_ports[-1] < s.kafka_controller_ports[0]
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        # the old controller default (broker port + 1) collides with broker 2
+        (
+            {"NUDGE_KAFKA_BROKERS": "3", "NUDGE_KAFKA_CONTROLLER_PORT": "9093"},
+            ("NUDGE_KAFKA_PORT", "NUDGE_KAFKA_CONTROLLER_PORT"),
+        ),
+        ({"NUDGE_KAFKA_PORT": "9192"}, ("NUDGE_KAFKA_PORT", "NUDGE_KAFKA_CONTROLLER_PORT")),
+        (
+            {"NUDGE_KAFKA_BROKERS": "3", "NUDGE_KAFKA_CONTROLLER_PORT": "9090"},
+            ("NUDGE_KAFKA_PORT", "NUDGE_KAFKA_CONTROLLER_PORT"),
+        ),
+        ({"NUDGE_REDIS_PORT": "9092"}, ("NUDGE_KAFKA_PORT", "NUDGE_REDIS_PORT")),
+        ({"NUDGE_REDIS_CLUSTER": "1", "NUDGE_REDIS_PORT": "9190"}, ("NUDGE_KAFKA_CONTROLLER_PORT", "NUDGE_REDIS_PORT")),
+        # Redis Cluster's bus: port + 10000
+        (
+            {"NUDGE_REDIS_CLUSTER": "1", "NUDGE_REDIS_PORT": "7000", "NUDGE_KAFKA_PORT": "17001"},
+            ("NUDGE_KAFKA_PORT", "NUDGE_REDIS_PORT"),
+        ),
+    ],
+)
+def test_overlapping_port_ranges_name_both_variables(env: dict[str, str], names: tuple[str, str]) -> None:
+    message = _one_line_error(env)
+    assert "overlap" in message and all(name in message for name in names), message
+
+
+def test_a_single_broker_may_keep_the_old_controller_port() -> None:
+    assert Settings.from_env({"NUDGE_KAFKA_CONTROLLER_PORT": "9093"}).kafka_controller_ports == (9093,)
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"NUDGE_KAFKA_BROKERS": "3", "NUDGE_KAFKA_PORT": "65534"}, "NUDGE_KAFKA_PORT"),
+        ({"NUDGE_KAFKA_BROKERS": "2", "NUDGE_KAFKA_CONTROLLER_PORT": "65535"}, "NUDGE_KAFKA_CONTROLLER_PORT"),
+        ({"NUDGE_REDIS_CLUSTER": "1", "NUDGE_REDIS_PORT": "60000"}, "NUDGE_REDIS_PORT"),
+    ],
+)
+def test_port_ranges_must_end_by_65535(env: dict[str, str], name: str) -> None:
+    message = _one_line_error(env)
+    assert name in message and "65535" in message
+
+
+def test_settings_command_reports_a_bad_broker_count_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("NUDGE_KAFKA_BROKERS", "3")
+    monkeypatch.setenv("NUDGE_KAFKA_CONTROLLER_PORT", "9093")
+    assert main(["settings"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "NUDGE_KAFKA_CONTROLLER_PORT" in err
 
 
 def test_explicit_connection_strings_win_over_the_ports() -> None:

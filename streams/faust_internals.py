@@ -1,60 +1,209 @@
-"""The worker's Kafka transport: Faust's aiokafka driver with a fetch loop and
-offset bookkeeping that stay correct across rebalances, and no task per message.
+"""The fence: the only module that touches private names of faust-streaming,
+aiokafka or mode-streaming. Everything else in nudge uses their public APIs.
 
-Three things in faust-streaming 0.15's stock consumer lost events here (a
-kill -9 or a third worker joining dropped a few events, or stalled one
-partition for good):
+Why it exists: faust-streaming 0.15's consumer lost or reordered events across
+rebalances and crashes here, and its per-message machinery capped throughput.
+The fixes below override private methods and read private attributes; each
+such name is declared in `PRIVATE_NAMES` with the upstream issue it works
+around, tests/unit/test_faust_internals.py checks that every declared name
+still exists with the expected signature (and that no module uses an
+undeclared one), and the worker refuses to start on library versions other
+than `TESTED_WITH` (`check_versions`). An upgrade therefore fails in CI, not
+in production, and must re-prove the kill -9 and scale-out tests.
+
+What the transport (`nudgekafka://`, registered through Faust's supported
+`faust.transports` entry point in pyproject.toml) fixes:
 
 * Its fetch loop marks a message "read" after handing it to the streams even
   when a rebalance ran while the hand-off waited (a full stream buffer, or
   flow suspended). When that happens after the partition was sought back to
   its committed offset, the read offset jumps ahead of the seek and the
-  re-fetched messages below it are dropped as "already read".
+  re-fetched messages below it are dropped as "already read" (cf.
+  faust-streaming/faust#221, #236).
 * A message whose hand-off finished after the rebalance cleared the stream
   buffers reaches the agent anyway: out of order, or for a partition this
   worker no longer owns (a zombie write to the new owner's changelog).
 * `_new_offset` commits the first run of consecutive acked offsets without
   checking that it starts at the committed offset: with offset C not yet
-  acked and C+1.. acked, it commits past C. It also files the message that
-  revealed a gap as acked before it is processed.
+  acked and C+1.. acked, it commits past C (faust-streaming/faust#606). It
+  also files the message that revealed a gap as acked before it is processed.
+* aiokafka's `seek_to_committed` does not seek a partition whose committed
+  offset is 0 or missing (aio-libs/aiokafka#1003), so after a rebalance in a
+  group's first seconds a partition resumed mid-log.
+* Faust clears every stream buffer when it resumes flow after a rebalance's
+  seek: messages handed over in between vanish (`resume_flow` below).
+* Faust's `Consumer.seek` calls aiokafka from the event loop's thread while
+  aiokafka runs on the consumer thread; seeks here go through that thread.
 
 Here, for the input topics (those with acks): every assignment seeks each
-input partition explicitly (to its committed offset, or to the beginning:
-aiokafka leaves partitions without a committed offset wherever they were),
+input partition explicitly (to its committed offset, or to the beginning),
 and the next expected offset of each partition is tracked exactly from
 there; every rebalance step bumps an epoch, and records a step interrupted
 are fetched again; the agent folds a partition's messages only in offset
 order, with no holes (`Consumer.admit`), whatever a rebalance left in the
 stream buffer; a jump in offsets is fetched again before it is believed;
-and the committed offset
-only ever advances through a contiguous run of acked offsets (or of offsets
-Kafka never returned: compaction, transaction markers) starting at the
-committed one.
+and the committed offset only ever advances through a contiguous run of
+acked offsets (or of offsets Kafka never returned: compaction, transaction
+markers) starting at the committed one.
 
 The loop also calls the stream callback directly instead of Faust's
 `wait_first(callback(message), suspend_flow.wait())`, which spawns two tasks
-and an `asyncio.wait` per message: a bare agent read about 4.6x faster.
-Registered as the URL scheme `nudgekafka://`; pinned to faust-streaming
-0.15.x (pyproject.toml), whose consumer this extends.
+and an `asyncio.wait` per message (robinhood/faust#563: a few hundred
+messages/s per worker): a bare agent read about 4.6x faster.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from faust.transport import drivers
+from faust.serializers import codecs
 from faust.transport.drivers import aiokafka as _aiokafka
 from faust.types import TP
 
-__all__ = ["SCHEME", "Consumer", "Transport", "next_commit", "register"]
+from nudge.errors import ConfigError
+
+__all__ = [
+    "PRIVATE_NAMES",
+    "SCHEME",
+    "TESTED_WITH",
+    "Consumer",
+    "PrivateName",
+    "Transport",
+    "apply_to_store",
+    "check_versions",
+    "next_commit",
+    "register_codec",
+]
 
 SCHEME = "nudgekafka"
 _YIELD_EVERY = 1000
 _BUFFER_FULL_POLL_S = 0.005
 _REFETCH_AGAIN_S = 5.0
+
+# The exact versions this module was written and tested against (pinned in
+# pyproject.toml too). Any other version: re-run the crash and scale-out
+# tests, then update both.
+TESTED_WITH: dict[str, str] = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0", "mode-streaming": "0.7.1"}
+
+
+def check_versions(installed: dict[str, str] | None = None) -> None:
+    """Refuse, in one line, library versions this module was not tested with."""
+    for package, wanted in TESTED_WITH.items():
+        have = (installed or {}).get(package) or importlib.metadata.version(package)
+        if have != wanted:
+            raise ConfigError(
+                f"{package} {have} is installed, but the nudge worker is tested with {package}=={wanted} only "
+                f"(streams/faust_internals.py relies on its internals): install {package}=={wanted}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class PrivateName:
+    """One private name of a library that this module relies on.
+
+    `owner` is "module:Class"; `name` the attribute; `params` the parameter
+    names of a method (None for a data attribute, which the test looks up on
+    a live consumer); `why` names the upstream issue it works around.
+    """
+
+    owner: str
+    name: str
+    params: tuple[str, ...] | None
+    why: str
+
+
+_CONSUMER = "faust.transport.consumer:Consumer"
+_AIOKAFKA_CONSUMER = "faust.transport.drivers.aiokafka:Consumer"
+_FETCH_LOOP = "fetch loop replaced (faust-streaming/faust#221, #236; robinhood/faust#563)"
+_COMMIT_RULE = "commit rule replaced (faust-streaming/faust#606)"
+_SEEK = "explicit seek of every input partition (aio-libs/aiokafka#1003)"
+
+PRIVATE_NAMES: tuple[PrivateName, ...] = (
+    PrivateName(_CONSUMER, "_drain_messages", ("self", "fetcher"), _FETCH_LOOP),
+    PrivateName(_CONSUMER, "_wait_next_records", ("self", "timeout"), _FETCH_LOOP),
+    PrivateName(_AIOKAFKA_CONSUMER, "_to_message", ("self", "tp", "record"), _FETCH_LOOP),
+    PrivateName(_CONSUMER, "_get_active_partitions", ("self",), _FETCH_LOOP),
+    PrivateName(_CONSUMER, "_active_partitions", None, _FETCH_LOOP),
+    PrivateName(_CONSUMER, "_buffered_partitions", None, _FETCH_LOOP),
+    PrivateName(_CONSUMER, "_paused_partitions", None, "offsets report"),
+    PrivateName(_CONSUMER, "_read_offset", None, _SEEK),
+    PrivateName(_CONSUMER, "_commit_every", None, _FETCH_LOOP),
+    PrivateName(_CONSUMER, "_n_acked", None, _FETCH_LOOP),
+    PrivateName("mode.services:Service", "_stopped", None, _FETCH_LOOP),
+    PrivateName(_CONSUMER, "_new_offset", ("self", "tp"), _COMMIT_RULE),
+    PrivateName(_CONSUMER, "_committed_offset", None, _COMMIT_RULE),
+    PrivateName(_CONSUMER, "_acked", None, _COMMIT_RULE),
+    PrivateName(_CONSUMER, "_acked_index", None, _COMMIT_RULE),
+    # Faust's documented way to write a codec: subclass Codec, define these.
+    PrivateName("faust.serializers.codecs:Codec", "_dumps", ("self", "s"), "custom codec (Faust docs)"),
+    PrivateName("faust.serializers.codecs:Codec", "_loads", ("self", "s"), "custom codec (Faust docs)"),
+)
+
+
+class _JsonStateCodec(codecs.Codec):
+    """Table values: a state object with `to_json()`, read back by `load`."""
+
+    def __init__(self, load: Any) -> None:
+        super().__init__()
+        self._load = load
+
+    def _dumps(self, obj: Any) -> bytes:
+        return obj.to_json()  # type: ignore[no-any-return]
+
+    def _loads(self, s: bytes) -> Any:
+        return self._load(s)
+
+
+def register_codec(name: str, load: Any) -> None:
+    """Register a table value codec: `obj.to_json()` out, `load(bytes)` in."""
+    codecs.register(name, _JsonStateCodec(load))
+
+
+@dataclass(frozen=True, slots=True)
+class _ChangelogMessage:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes
+    value: bytes
+
+    @property
+    def tp(self) -> TP:
+        return TP(self.topic, self.partition)
+
+
+@dataclass(frozen=True, slots=True)
+class _ChangelogEvent:
+    key: bytes
+    value: Any
+    message: _ChangelogMessage
+
+
+def apply_to_store(store: Any, topic: str, entries: Sequence[tuple[bytes, Any, bytes, int, int]]) -> None:
+    """Put changelog entries that Kafka acknowledged into a table's local store.
+
+    Each entry is (key, value object, value bytes, partition, offset). This
+    goes through the store's public `apply_changelog_batch`, the path
+    changelog recovery takes, so the key is filed under its partition and a
+    RocksDB store records the persisted offsets. The stores read only
+    `event.key`, `event.value` (memory store: kept as the object) and
+    `event.message` (topic, partition, offset, key, value bytes) of each
+    event, which is what these duck-typed events carry.
+    """
+    events = [
+        _ChangelogEvent(key, obj, _ChangelogMessage(topic, partition, offset, key, raw))
+        for key, obj, raw, partition, offset in entries
+    ]
+    store.apply_changelog_batch(events, to_key=_identity, to_value=_identity)
+
+
+def _identity(x: Any) -> Any:
+    return x
 
 
 def next_commit(start: int, acked: list[int], gaps: list[tuple[int, int]]) -> int:
@@ -105,18 +254,21 @@ class Consumer(_aiokafka.Consumer):
         stream buffer (a message handed over across it, a partition sought
         back or given away), the agent folds each partition's messages exactly
         once and in offset order. A message past a hole is refused and the
-        partition fetched again from the hole (`refetch`); a refused message
-        must not be acked, so no commit passes it.
+        partition fetched again from the hole (`refetch`). A refused message
+        is marked acked without recording its offset, so no commit passes it
+        and a rebalance's wait for unacked messages does not wait for it.
         """
         tp = message.tp
         offset = message.offset
         expected = self._fold_next.get(tp)
         if expected is None or offset < expected:
+            message.acked = True
             return False  # not ours (yet), or folded already
         if offset > expected and not any(
             first <= expected and offset - 1 <= last for first, last in self._gaps.get(tp, ())
         ):
             self._refetch.setdefault(tp, expected)
+            message.acked = True
             return False
         self._fold_next[tp] = offset + 1
         return True
@@ -373,8 +525,3 @@ class Consumer(_aiokafka.Consumer):
 
 class Transport(_aiokafka.Transport):
     Consumer = Consumer
-
-
-def register() -> None:
-    """Make `nudgekafka://host:port` resolve to this transport (idempotent)."""
-    drivers.TRANSPORTS.data[SCHEME] = f"{__name__}:Transport"
