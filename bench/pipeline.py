@@ -27,7 +27,7 @@ import statistics
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis
@@ -144,7 +144,7 @@ def _freshness(settings: Settings, rate: float, seconds: float, users: int, skip
     entries: dict[str, list[tuple[int, int]]] = {}
     stream: list[tuple[str, dict[str, str]]] = []
     for name in changes_streams(settings):
-        stream += client.xrange(name, min=start_id)  # type: ignore[operator]
+        stream += cast(list[tuple[str, dict[str, str]]], client.xrange(name, min=start_id))
     for entry_id, fields in stream:
         written_ms = int(entry_id.split("-")[0])
         entries.setdefault(fields["user_id"], []).append((int(fields["as_of"] or 0), written_ms))

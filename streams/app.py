@@ -23,7 +23,6 @@ changelogged state, so the replay changes nothing.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -41,7 +40,7 @@ from streams.batches import ack, batches
 from streams.health import DependencyHealth, QuietClientLogs
 from streams.metrics import StreamMetrics
 from streams.pauses import GcPolicy
-from streams.step import StepConfig, StepResult, step
+from streams.step import StepConfig, StepResult, expected_partition, step, user_write
 from streams.store import FeatureStore, open_store
 
 __all__ = ["TABLE_NAME", "TableStates", "UserStateUpdater", "create_app"]
@@ -51,6 +50,7 @@ log = logging.getLogger(__name__)
 TABLE_NAME = "user-state"
 _CODEC = "nudge-user-state"
 _HEALTH_CHECK_S = 2.0
+_RESYNC_CHUNK = 2000
 faust_internals.register_codec(_CODEC, UserState.from_json)
 
 
@@ -89,13 +89,18 @@ class UserStateUpdater:
     """The shell: take a batch, call the step, perform its effects."""
 
     def __init__(
-        self, app: faust.App, settings: Settings, metrics: StreamMetrics, store: FeatureStore, health: DependencyHealth
+        self,
+        app: faust.App,
+        settings: Settings,
+        metrics: StreamMetrics,
+        store: FeatureStore | None,
+        health: DependencyHealth,
     ) -> None:
         self.app = app
         self.settings = settings
         self.metrics = metrics
-        self.store = store
         self.health = health
+        self.store = store or open_store(settings, on_error=self.redis_failed, on_ok=self.redis_back)
         self.config = StepConfig.from_settings(settings)
         self.table = cast(
             "faust.Table[bytes, Any]",
@@ -111,6 +116,7 @@ class UserStateUpdater:
         # before the store and changelog topic (created lazily) read it.
         self.table.value_serializer = _CODEC
         self.states = TableStates(self.table)
+        self.resync_due = False
         self.gc = GcPolicy(metrics.gc_pause_seconds, settings.gc_full_every_s)
         self.gc.install()
 
@@ -172,6 +178,49 @@ class UserStateUpdater:
         written = await self.store.write(result.writes)
         self.metrics.stage_seconds.labels("redis").observe(time.perf_counter() - started)
         self.metrics.users_written.inc(written)
+        if self.resync_due:
+            await self.resync()
+
+    def redis_failed(self, exc: BaseException) -> None:
+        """The store's failure hook (called on every failed attempt)."""
+        self.metrics.redis_errors.inc()
+        self.health.failed("redis", exc)
+
+    def redis_back(self) -> None:
+        """The store's success hook: after an outage, rewrite every user."""
+        if self.health.ok("redis"):
+            self.resync_due = True
+
+    async def resync(self) -> None:
+        """Write every user of this worker's partitions to Redis again.
+
+        Redis is derived state, and an outage can lose writes it had
+        acknowledged: a node killed within its AOF fsync second, a failover
+        to a replica that lagged, a flushed instance. The offsets of those
+        events may be committed already, so replaying Kafka would not bring
+        them back; the table still has every user's state, so rewrite them
+        all (seq-guarded, so nothing newer is ever overwritten).
+        """
+        self.resync_due = False
+        started = time.perf_counter()
+        owned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic in self.settings.input_topics}
+        now_ms = int(time.time() * 1000)
+        partitions = self.config.partitions
+        writes = []
+        for key in list(self.table.data.keys()):
+            if expected_partition(key, partitions) in owned:
+                state = self.states.get(key.decode())
+                if state is not None:
+                    writes.append(user_write(state, self.config, now_ms))
+        written = 0
+        for i in range(0, len(writes), _RESYNC_CHUNK):
+            written += await self.store.write(writes[i : i + _RESYNC_CHUNK])
+        log.warning(
+            "Redis was unreachable: rewrote %d users of partitions %s in %.1f s",
+            written,
+            sorted(owned),
+            time.perf_counter() - started,
+        )
 
     def _observe(self, result: StepResult, refused: dict[str, int], size: int, started: float, stepped: float) -> None:
         m = self.metrics
@@ -229,17 +278,7 @@ def create_app(settings: Settings, *, web_port: int | None = None, store: Featur
     health.known("kafka", "redis")
     QuietClientLogs.install(health, "kafka", ("aiokafka", "kafka"))
 
-    def redis_failed(exc: BaseException) -> None:
-        metrics.redis_errors.inc()
-        health.failed("redis", exc)
-
-    updater = UserStateUpdater(
-        app,
-        settings,
-        metrics,
-        store or open_store(settings, on_error=redis_failed, on_ok=functools.partial(health.ok, "redis")),
-        health,
-    )
+    updater = UserStateUpdater(app, settings, metrics, store, health)
     app.nudge_metrics = metrics  # type: ignore[attr-defined]
     app.nudge_updater = updater  # type: ignore[attr-defined]
 
@@ -259,7 +298,6 @@ def create_app(settings: Settings, *, web_port: int | None = None, store: Featur
     async def update_user_state(stream: Any) -> None:
         async for events in batches(stream, settings.batch_max, settings.batch_within_s):
             await updater.process(events)
-            health.ok("kafka")
             ack(events)
 
     app.agent(topics, name="nudge.update_user_state")(update_user_state)
@@ -275,8 +313,8 @@ def create_app(settings: Settings, *, web_port: int | None = None, store: Featur
 
     @app.timer(interval=_HEALTH_CHECK_S)  # type: ignore[untyped-decorator]
     async def kafka_back() -> None:
-        # With no traffic no batch says Kafka is back: a client that stopped
-        # failing has reconnected.
+        # A batch that went through does not say every broker is back (with
+        # 3 brokers one may still be down); clients that stopped failing do.
         health.recover_if_quiet("kafka", quiet_s=3 * _HEALTH_CHECK_S)
 
     @app.task  # type: ignore[untyped-decorator]

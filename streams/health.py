@@ -68,7 +68,10 @@ class DependencyHealth:
         if down is None:
             self._down[dependency] = _Down(since=now, last_logged=now, last_failure=now)
             log.warning(
-                "%s is unreachable (%s); retrying, next report in %.0f s", dependency, _short(error), self.interval_s
+                "%s connections failing (%s); retrying, next report in %.0f s",
+                dependency,
+                _short(error),
+                self.interval_s,
             )
             return True
         down.failures += 1
@@ -76,7 +79,7 @@ class DependencyHealth:
         if now - down.last_logged < self.interval_s:
             return False
         log.warning(
-            "%s still unreachable after %.0f s (%d failed attempts since the last report; latest: %s)",
+            "%s connections still failing after %.0f s (%d failed attempts since the last report; latest: %s)",
             dependency,
             now - down.since,
             down.failures,
@@ -101,7 +104,7 @@ class DependencyHealth:
         self.gauge.labels(dependency).set(1)
         if down is None:
             return False
-        log.warning("%s is back after %.1f s", dependency, self.clock() - down.since)
+        log.warning("%s connections work again after %.1f s", dependency, self.clock() - down.since)
         return True
 
 
@@ -117,7 +120,8 @@ _KAFKA_CONNECTION = re.compile(
     r"Failed fetch messages from|Got error produce response|Error sending .*Request|"
     r"Heartbeat failed|Coordinator .* is not available|OffsetCommit failed|"
     r"connection (?:was )?(?:refused|closed|reset)|KafkaConnectionError|NodeNotReady|"
-    r"Topic .* not found in cluster metadata|RequestTimedOutError|coordinator dead",
+    r"Topic .* not found in cluster metadata|RequestTimedOutError|coordinator dead|CoordinatorNotAvailable|"
+    r"Group Coordinator Request failed|NotLeaderForPartition|LeaderNotAvailable",
     re.IGNORECASE,
 )
 

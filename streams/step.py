@@ -54,6 +54,7 @@ __all__ = [
     "UserWrite",
     "expected_partition",
     "step",
+    "user_write",
 ]
 
 Headers = list[tuple[str, bytes]]
@@ -215,16 +216,21 @@ def step(states: StateLookup, messages: Iterable[InputMessage], config: StepConf
     return result
 
 
+def user_write(state: UserState, config: StepConfig, now_ms: int) -> UserWrite:
+    """Stage 4 for one user: its features, scored, as a store write."""
+    fields = state.features()
+    for scorer in config.scorers:
+        fields.update(scorer(state, now_ms))
+    return UserWrite(state.user_id, state.events_total, fields)
+
+
 def _emit(result: StepResult, config: StepConfig, now_ms: int) -> None:
     """Stages 4 and 5: score each touched user, then its changelog entry and store write."""
     watermark = None
     for uid, state in result.states.items():
-        fields = state.features()
-        for scorer in config.scorers:
-            fields.update(scorer(state, now_ms))
         key = uid.encode()
         result.changelog.append((key, state.to_json(), expected_partition(key, config.partitions)))
-        result.writes.append(UserWrite(uid, state.events_total, fields))
+        result.writes.append(user_write(state, config, now_ms))
         if state.as_of is not None and (watermark is None or state.as_of > watermark):
             watermark = state.as_of
     result.watermark = watermark

@@ -20,7 +20,9 @@ A write is two pipelined rounds:
    sent in a second pass). One script call per chunk of users whose keys
    share a hash slot: chunks of 250 on a single Redis; on Redis Cluster
    (`NUDGE_REDIS_CLUSTER=1`) users grouped by slot, since Cluster refuses a
-   script whose keys span slots;
+   script whose keys span slots (redis-py's cluster pipeline routes each
+   call to its slot's master; it blocks its `evalsha` method for fear of
+   cross-slot keys, so the calls go through `execute_command`);
 2. then the changes entries of the users actually written, one script call
    per shard. After round 1, so a reader who sees an entry finds the hash at
    least that new.
@@ -46,7 +48,7 @@ from typing import Any, Protocol
 
 import orjson
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from nudge.layout import changes_shard, changes_streams, user_key
 from nudge.redis_client import async_client
@@ -163,7 +165,7 @@ class RedisFeatureStore:
                 # A restarted node forgot the scripts: load them, go again.
                 self._scripts_loaded = False
                 continue
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError) as exc:
                 self.errors += 1
                 if self.on_error is not None:
                     self.on_error(exc)
@@ -184,10 +186,12 @@ class RedisFeatureStore:
         self._scripts_loaded = True
 
     async def _reconnect(self) -> None:
-        old, self.client = self.client, self._connect()
+        """Drop connections from before a failure: they are dead. (The cluster
+        client drops its own and refreshes its map of slots on such errors.)"""
         self._scripts_loaded = False
-        with contextlib.suppress(RedisError, OSError):
-            await old.aclose()
+        if not self.settings.redis_cluster:
+            with contextlib.suppress(RedisError, OSError):
+                await self.client.connection_pool.disconnect()
 
     def _chunks(self, users: list[UserWrite]) -> list[list[UserWrite]]:
         if not self.settings.redis_cluster:
@@ -219,7 +223,7 @@ class RedisFeatureStore:
                             changed = [x for k, v in w.fields.items() if old.get(k) != v for x in (k, v)]
                             entries.append((str(w.seq), str(base[0]), changed))
                     keys = [user_key(s, w.user_id) for w in chunk]
-                    pipe.evalsha(_WRITE.sha, len(keys), *keys, ttl, now, orjson.dumps(entries))
+                    pipe.execute_command("EVALSHA", _WRITE.sha, len(keys), *keys, ttl, now, orjson.dumps(entries))
                 results = await pipe.execute()
             retry = []
             for chunk, chunk_results in zip(chunks, results, strict=True):
@@ -247,7 +251,7 @@ class RedisFeatureStore:
         maxlen = str(self.settings.changes_maxlen)
         async with self.client.pipeline(transaction=False) as pipe:
             for shard, entries in by_shard.items():
-                pipe.evalsha(_APPEND.sha, 1, self._streams[shard], maxlen, orjson.dumps(entries))
+                pipe.execute_command("EVALSHA", _APPEND.sha, 1, self._streams[shard], maxlen, orjson.dumps(entries))
             await pipe.execute()
 
     async def close(self) -> None:

@@ -4,17 +4,28 @@ replication 3 and min.insync.replicas 2, and acks=all producing through the
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource
 
+from features import batch
+from features.state import FoldConfig
 from nudge import stack
+from nudge.events import Event, Rejection, parse_event_obj
 from nudge.settings import Settings
+from producers.simulator import generate
+from streams.process import WorkerProcess
 from tests.integration.conftest import unique_scope
+from tests.integration.test_worker import free_port, wait_for_parity
 
 
 @pytest.fixture
@@ -118,3 +129,62 @@ def test_acks_all_survives_a_killed_broker_which_rejoins(scoped: Settings, admin
         assert time.monotonic() < deadline, "the restarted broker never caught up"
         time.sleep(0.5)
     _produce(scoped, topic, 200, 10)
+
+
+def test_worker_parity_while_a_broker_is_killed_mid_replay(scoped: Settings, tmp_path: Path) -> None:
+    """A developer replays a log into a 3-broker Kafka while one broker dies
+    (kill -9) and comes back later: the replay finishes with no error, the
+    worker's state equals the batch reference, nothing is lost or doubled,
+    and the worker's log says so in a line or two, not hundreds."""
+    events = list(generate(2500, 1.0, 41))  # about 38k events
+    parsed: list[Event] = []
+    for raw in events:
+        ev = parse_event_obj(raw, now_ms=2**53)
+        assert not isinstance(ev, Rejection)
+        parsed.append(ev)
+    reference = batch.compute(parsed, FoldConfig())
+    log_file = tmp_path / "events.jsonl"
+    log_file.write_bytes(b"".join(orjson.dumps(ev) + b"\n" for ev in events))
+
+    worker_log = tmp_path / "worker.log"
+    env = {**os.environ, **scoped.to_env()}
+    victim = 2
+    with WorkerProcess(scoped, web_port=free_port(), log_path=worker_log) as worker:
+        replay = subprocess.Popen(
+            [sys.executable, "-m", "nudge", "replay", str(log_file), "--speed", "20000"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            worker.wait_processed(len(events) // 5, timeout=120, poll=0.05)
+            stack.stop_kafka_node(scoped, victim, kill=True)
+            out, err = replay.communicate(timeout=180)
+        finally:
+            if replay.poll() is None:
+                replay.kill()
+        try:
+            assert replay.returncode == 0, f"replay failed:\n{out}\n{err}"
+            noise = [line for line in (out + err).splitlines() if "ERROR" in line or "Traceback" in line]
+            assert not noise, f"the replaying user saw errors: {noise[:5]}"
+            assert worker.total("nudge_stream_events_total") < len(events), "the broker died too late to matter"
+            wait_for_parity(scoped, reference, [worker], timeout=180)
+        finally:
+            stack.start_kafka_node(scoped, victim)
+        # The metric says Kafka is fine again once the clients stop failing.
+        deadline = time.monotonic() + 60
+        while worker.metrics().get('nudge_dependency_up{dependency="kafka"}') != 1:
+            assert time.monotonic() < deadline, "nudge_dependency_up never said Kafka was back"
+            time.sleep(0.5)
+        metrics = worker.metrics()
+    total = worker.total("nudge_stream_events_total", metrics)
+    duplicates = sum(v for k, v in metrics.items() if k.startswith("nudge_stream_events_total{") and "duplicate" in k)
+    assert (total, duplicates) == (len(events), 0), "an event was lost, or produced twice"
+    text = worker_log.read_text()
+    assert "Traceback" not in text
+    errors = [line for line in text.splitlines() if "[ERROR]" in line]
+    assert not errors, f"{len(errors)} error lines in the worker's log: {errors[:5]}"
+    # The broker outage: a line when connections failed, one when they worked again.
+    assert 1 <= text.count("kafka connections failing") <= 2, text.count("kafka connections failing")
+    assert text.count("kafka connections work again") == text.count("kafka connections failing")

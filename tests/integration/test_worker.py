@@ -16,6 +16,7 @@ import redis
 from features import batch
 from features.state import FoldConfig
 from nudge.events import Event, parse_event_obj
+from nudge.redis_client import sync_client
 from nudge.layout import changes_stream_of, changes_streams
 from nudge.settings import Settings
 from nudge.topics import topic_for_event_type
@@ -53,7 +54,7 @@ def produce(settings: Settings, events: list[dict[str, Any]]) -> None:
 
 
 def redis_state(settings: Settings, users: Iterator[str] | list[str]) -> dict[str, dict[str, str]]:
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = sync_client(settings, decode_responses=True)
     users = list(users)
     out: dict[str, dict[str, str]] = {}
     for i in range(0, len(users), 1000):
