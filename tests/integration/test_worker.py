@@ -16,8 +16,8 @@ import redis
 from features import batch
 from features.state import FoldConfig
 from nudge.events import Event, parse_event_obj
-from nudge.redis_client import sync_client
 from nudge.layout import changes_stream_of, changes_streams
+from nudge.redis_client import sync_client
 from nudge.settings import Settings
 from nudge.topics import topic_for_event_type
 from producers.kafka import EventProducer
