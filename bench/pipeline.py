@@ -33,6 +33,7 @@ import orjson
 import redis
 
 from nudge.layout import changes_streams
+from nudge.redis_client import sync_client
 from nudge.settings import Settings
 from nudge.topics import admin_client, ensure_topics, topic_for_event_type
 
@@ -118,7 +119,7 @@ def _freshness(settings: Settings, rate: float, seconds: float, users: int, skip
     from producers.kafka import EventProducer
     from producers.simulator import generate
 
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = sync_client(settings, decode_responses=True)
     start_id = f"{int(time.time() * 1000)}-0"
     sent: list[tuple[str, int]] = []
     total = int(rate * seconds)
@@ -149,13 +150,16 @@ def _freshness(settings: Settings, rate: float, seconds: float, users: int, skip
         written_ms = int(entry_id.split("-")[0])
         entries.setdefault(fields["user_id"], []).append((int(fields["as_of"] or 0), written_ms))
     latencies = []
+    timeline = []  # (ms since the first send, latency ms): when the slow ones were sent
     missing = 0
+    first_ts = sent[0][1] if sent else 0
     for user, ts in sent:
         hit = next((written for as_of, written in entries.get(user, []) if as_of >= ts), None)
         if hit is None:
             missing += 1
         else:
             latencies.append(max(0, hit - ts))
+            timeline.append((ts - first_ts, max(0, hit - ts)))
     latencies.sort()
     client.close()
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
@@ -169,6 +173,7 @@ def _freshness(settings: Settings, rate: float, seconds: float, users: int, skip
         "p99_ms": q[98],
         "max_ms": latencies[-1] if latencies else None,
         "latencies_ms": latencies,
+        "timeline_ms": timeline,
     }
 
 

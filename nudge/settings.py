@@ -105,7 +105,11 @@ class Settings:
         600.0, "NUDGE_GC_FULL_EVERY_S", "seconds between full garbage collections (streams/pauses.py); 0: never freeze"
     )
     batch_max: int = _setting(5000, "NUDGE_BATCH_MAX", "most events folded per batch (one Redis pipeline each)")
-    batch_within_s: float = _setting(0.02, "NUDGE_BATCH_WITHIN_S", "longest wait to fill a batch, seconds")
+    batch_within_s: float = _setting(
+        0.0,
+        "NUDGE_BATCH_WITHIN_S",
+        "longest wait for more events once a batch has one, seconds (0: take what is queued; batches grow with load)",
+    )
     grace_ms: int = _setting(
         3_600_000, "NUDGE_GRACE_MS", "out-of-order events within this of the user's latest still land in their windows"
     )

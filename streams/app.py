@@ -26,6 +26,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
@@ -57,6 +58,11 @@ faust_internals.register_codec(_CODEC, UserState.from_json)
 class TableStates:
     """The step's view of the table: `get(user_id)` -> `UserState | None`.
 
+    States a batch produced are looked up here first (`hold`) until that
+    batch's changelog entries are in the table's store (`release`): the next
+    batch is stepped while the previous one's effects are still in flight,
+    and a RocksDB store holds only the bytes of the last acknowledged state.
+
     Depending on the store and on whether a value came from changelog
     recovery, Faust hands back a `UserState` or its JSON decoded as a dict;
     both are accepted.
@@ -64,14 +70,40 @@ class TableStates:
 
     def __init__(self, table: faust.Table[bytes, Any]) -> None:
         self.data = table.data
+        self.held: dict[str, tuple[UserState, int]] = {}  # user -> (state, last batch that touched it)
 
     def get(self, user_id: str, /) -> UserState | None:
+        held = self.held.get(user_id)
+        if held is not None:
+            return held[0]
         value = self.data.get(user_id.encode())
         if value is None or isinstance(value, UserState):
             return value
         if isinstance(value, bytes | bytearray):
             return UserState.from_json(bytes(value))
         return UserState.from_dict(value)
+
+    def hold(self, states: dict[str, UserState], batch: int) -> None:
+        for uid, state in states.items():
+            self.held[uid] = (state, batch)
+
+    def release(self, states: dict[str, UserState], batch: int) -> None:
+        for uid in states:
+            held = self.held.get(uid)
+            if held is not None and held[1] == batch:
+                del self.held[uid]
+
+
+@dataclass(slots=True)
+class _Stepped:
+    """A batch after the step, before its effects."""
+
+    number: int
+    events: Sequence[EventT[Any]]
+    result: StepResult
+    refused: dict[str, int]
+    started: float
+    stepped: float
 
 
 class _CommitSensor(Sensor):
@@ -117,10 +149,12 @@ class UserStateUpdater:
         self.table.value_serializer = _CODEC
         self.states = TableStates(self.table)
         self.resync_due = False
+        self._batches = 0
         self.gc = GcPolicy(metrics.gc_pause_seconds, settings.gc_full_every_s)
         self.gc.install()
 
-    async def process(self, events: Sequence[EventT[Any]]) -> None:
+    def prepare(self, events: Sequence[EventT[Any]]) -> _Stepped:
+        """Admit and step a batch (CPU only; its effects come in `perform`)."""
         started = time.perf_counter()
         consumer: faust_internals.Consumer = self.app.consumer  # type: ignore[assignment]
         admitted: list[Any] = []
@@ -132,7 +166,8 @@ class UserStateUpdater:
             else:
                 refused[message.topic] = refused.get(message.topic, 0) + 1
         result = step(self.states, admitted, self.config, now_ms=int(time.time() * 1000))
-        stepped = time.perf_counter()
+        self._batches += 1
+        self.states.hold(result.states, self._batches)
         for failed, exc in result.errors:
             log.error(
                 "processing %s[%d]@%d failed (dead-lettered as processing_error)",
@@ -141,10 +176,42 @@ class UserStateUpdater:
                 failed.offset,
                 exc_info=exc,
             )
+        return _Stepped(self._batches, events, result, refused, started, time.perf_counter())
+
+    async def perform(self, batch: _Stepped) -> None:
+        """Perform a stepped batch's effects, then acknowledge it."""
+        result = batch.result
         await asyncio.gather(self._send(result), self._write(result))
+        self.states.release(result.states, batch.number)
+        consumer: faust_internals.Consumer = self.app.consumer  # type: ignore[assignment]
         await consumer.refetch()
-        self._observe(result, refused, len(events), started, stepped)
+        ack(batch.events)
+        self._observe(batch)
         self.gc.after_batch()
+
+    async def run(self, stream: Any) -> None:
+        """The agent: batches through a two-stage pipeline.
+
+        Batch N+1 is stepped (CPU) while batch N's effects (Kafka acks, Redis)
+        are in flight; effects run one batch at a time, in order, so a user's
+        changelog and hash never go backwards and offsets are acknowledged
+        in order. Batches take whatever the queue holds when the previous
+        step is done (`NUDGE_BATCH_WITHIN_S` 0): they grow with load instead
+        of waiting for a fixed time.
+        """
+        inflight: asyncio.Future[None] | None = None
+        try:
+            async for events in batches(stream, self.settings.batch_max, self.settings.batch_within_s):
+                stepped = self.prepare(events)
+                if inflight is not None:
+                    await inflight
+                inflight = asyncio.ensure_future(self.perform(stepped))
+            if inflight is not None:
+                await inflight
+        except BaseException:
+            if inflight is not None and not inflight.done():
+                inflight.cancel()
+            raise
 
     async def _send(self, result: StepResult) -> None:
         """Produce the changelog, dead letters and re-keyed messages; wait for
@@ -222,8 +289,9 @@ class UserStateUpdater:
             time.perf_counter() - started,
         )
 
-    def _observe(self, result: StepResult, refused: dict[str, int], size: int, started: float, stepped: float) -> None:
+    def _observe(self, batch: _Stepped) -> None:
         m = self.metrics
+        result = batch.result
         now = time.time()
         for ts in result.first_seen_at:
             m.freshness.observe(max(0.0, now - ts))
@@ -233,12 +301,12 @@ class UserStateUpdater:
             m.events.labels(topic, outcome).inc(n)
         for reason, n in result.dlq_reasons.items():
             m.dlq.labels(reason).inc(n)
-        for topic, n in refused.items():
+        for topic, n in batch.refused.items():
             m.events.labels(topic, "refused").inc(n)
             log.info("refused %d messages of %s: out of order, folded already or no longer ours", n, topic)
-        m.stage_seconds.labels("step").observe(stepped - started)
-        m.batch_size.observe(size)
-        m.batch_seconds.observe(time.perf_counter() - started)
+        m.stage_seconds.labels("step").observe(batch.stepped - batch.started)
+        m.batch_size.observe(len(batch.events))
+        m.batch_seconds.observe(time.perf_counter() - batch.started)
         m.last_batch.set(now)
 
 
@@ -296,9 +364,7 @@ def create_app(settings: Settings, *, web_port: int | None = None, store: Featur
     )
 
     async def update_user_state(stream: Any) -> None:
-        async for events in batches(stream, settings.batch_max, settings.batch_within_s):
-            await updater.process(events)
-            ack(events)
+        await updater.run(stream)
 
     app.agent(topics, name="nudge.update_user_state")(update_user_state)
 
