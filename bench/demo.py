@@ -93,7 +93,7 @@ def _wait_ready(worker: WorkerProcess, timeout: float) -> float:
     began = time.monotonic()
     worker.wait_ready(timeout)
     while True:
-        worker._check_alive()
+        worker.check_alive()
         with contextlib.suppress(OSError):
             worker.metrics()
             return time.monotonic() - began
@@ -176,7 +176,7 @@ class Watch:
         self.row_t = time.monotonic()
 
     def poll(self) -> None:
-        self.worker._check_alive()
+        self.worker.check_alive()
         with contextlib.suppress(OSError):  # URLError included: a slow scrape only delays a row
             self.metrics = self.worker.metrics()
         self.consumed = self.worker.total("nudge_stream_events_total", self.metrics) - self.consumed0

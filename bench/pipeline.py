@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import orjson
-import redis
 
 from nudge.layout import changes_streams
 from nudge.redis_client import sync_client
@@ -50,6 +49,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--web-port", type=int, default=6199, help="worker port used by the benchmark [%(default)s]")
     parser.add_argument("--skip-recovery", action="store_true", help="skip the table recovery measurement")
     parser.set_defaults(func=run)
+
+
+_TOPIC_FIELDS = ("topic_clicks", "topic_purchases", "topic_app_events", "topic_dlq", "topic_rekeyed")
 
 
 def _scoped(settings: Settings, tag: str, **extra: Any) -> Settings:
@@ -193,11 +195,103 @@ def _recovery(settings: Settings, out_dir: Path, port: int, store: str) -> dict[
     return {"first_start_s": cold, "restart_s": warm}
 
 
+def _step_cost(settings: Settings, messages: list[tuple[str, bytes, bytes]], batch: int) -> dict[str, float]:
+    """The pure step alone (no Kafka, no Redis), in microseconds per event,
+    beside `orjson.loads` of the same messages (the floor: any step decodes
+    its input). States carry over from batch to batch, as in the worker."""
+    from streams.step import StepConfig, expected_partition, step
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Message:
+        topic: str
+        partition: int
+        offset: int
+        key: bytes
+        value: bytes
+        timestamp: float = 0.0
+        headers: Any = None
+
+    parts = settings.partitions
+    inputs = [Message(t, expected_partition(k, parts), i, k, v) for i, (t, k, v) in enumerate(messages)]
+    config = StepConfig.from_settings(settings)
+    started = time.perf_counter()
+    for message in inputs:
+        orjson.loads(message.value)
+    floor = time.perf_counter() - started
+    states: dict[str, Any] = {}
+    now_ms = int(time.time() * 1000) + 365 * 86_400_000  # the simulator's future days are not "future"
+    started = time.perf_counter()
+    for i in range(0, len(inputs), batch):
+        states.update(step(states, inputs[i : i + batch], config, now_ms).states)
+    elapsed = time.perf_counter() - started
+    n = len(inputs)
+    return {"batch": batch, "step_us_per_event": elapsed / n * 1e6, "orjson_loads_us_per_event": floor / n * 1e6}
+
+
+def _throughput(settings: Settings, count: int, workers: int, out_dir: Path, port: int) -> dict[str, float]:
+    """Events/s of `workers` worker processes sharing the partitions, measured
+    once every worker is busy (the initial rebalances are left out)."""
+    from streams.process import WorkerProcess
+
+    procs = [
+        WorkerProcess(settings, web_port=port + i, log_path=out_dir / f"worker-bench-{workers}w-{i}.log").start()
+        for i in range(workers)
+    ]
+    try:
+        t0 = None
+        at_t0 = 0.0
+        deadline = time.monotonic() + 900
+        while True:
+            assert time.monotonic() < deadline, f"{workers} workers did not process {count} events in 900 s"
+            totals = []
+            for proc in procs:
+                proc.check_alive()
+                try:
+                    totals.append(proc.total("nudge_stream_events_total"))
+                except OSError:
+                    totals.append(0.0)
+            now = time.monotonic()
+            if t0 is None and all(t > 0 for t in totals):
+                t0, at_t0 = now, sum(totals)
+            if sum(totals) >= count:
+                break
+            time.sleep(0.02)
+        assert t0 is not None
+        rate = (count - at_t0) / (now - t0) if now > t0 else float("nan")
+        batches = sum(p.metrics().get("nudge_stream_batch_seconds_count", 0) for p in procs)
+        return {"workers": workers, "events_per_s": rate, "measured_events": count - at_t0, "batches": batches}
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+def _stages(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Mean time of each batch stage and mean batch size between two scrapes."""
+    out = {}
+    for key, name in (
+        ('nudge_stream_batch_stage_seconds_{}{{stage="step"}}', "step_ms"),
+        ('nudge_stream_batch_stage_seconds_{}{{stage="kafka"}}', "kafka_ms"),
+        ('nudge_stream_batch_stage_seconds_{}{{stage="redis"}}', "redis_ms"),
+        ("nudge_stream_batch_seconds_{}", "batch_ms"),
+    ):
+        count = after.get(key.format("count"), 0) - before.get(key.format("count"), 0)
+        total = after.get(key.format("sum"), 0) - before.get(key.format("sum"), 0)
+        out[name] = 1000 * total / count if count else float("nan")
+    count = after.get("nudge_stream_batch_size_count", 0) - before.get("nudge_stream_batch_size_count", 0)
+    total = after.get("nudge_stream_batch_size_sum", 0) - before.get("nudge_stream_batch_size_sum", 0)
+    out["batch_events"] = total / count if count else float("nan")
+    return out
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from streams.process import WorkerProcess
 
     if args.events < 1000 or args.users < 1:
         raise SystemExit("nudge bench pipeline: error: --events must be at least 1000 and --users at least 1")
+    if not 1 <= args.freshness_seconds <= 3600:
+        raise SystemExit("nudge bench pipeline: error: --freshness-seconds must be 1..3600")
+    if not 1024 <= args.web_port <= 65533:
+        raise SystemExit("nudge bench pipeline: error: --web-port must be 1024..65533 (it and the next two are used)")
     tag = f"bench{uuid.uuid4().hex[:8]}"
     scoped = _scoped(settings, tag, data_dir=settings.data_dir / "bench" / tag)
     out_dir: Path = args.out_dir
@@ -205,25 +299,36 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     ensure_topics(scoped)
     print(f"generating {args.events:,} events for {args.users:,} users ...")
     messages = _messages(scoped, args.events, args.users)
+    step_costs = [_step_cost(scoped, messages, batch) for batch in (500, 5000)]
+    for cost in step_costs:
+        print(
+            f"(e) the step alone, batches of {cost['batch']:,}: {cost['step_us_per_event']:.1f} us/event "
+            f"(orjson.loads of the same messages: {cost['orjson_loads_us_per_event']:.2f} us/event)"
+        )
     produce_rate = _produce(scoped, messages)
     print(f"produced  {len(messages):,} messages at {produce_rate:,.0f}/s")
     raw = _raw_ceiling(scoped, len(messages))
     print(f"(a) raw aiokafka getmany ceiling: {raw:,.0f} msgs/s")
+    results: dict[str, Any] = {
+        "events": len(messages),
+        "users": args.users,
+        "raw_consume_per_s": raw,
+        "step_cost": step_costs,
+    }
 
     worker = WorkerProcess(scoped, web_port=args.web_port, log_path=out_dir / "worker-bench.log", loglevel="warn")
     worker.start()
-    results: dict[str, Any] = {"events": len(messages), "users": args.users, "raw_consume_per_s": raw}
     try:
         first = None
         while first is None:
-            worker._check_alive()
+            worker.check_alive()
             try:
                 if worker.total("nudge_stream_events_total") > 0:
                     first = time.monotonic()
             except OSError:
                 pass
-            time.sleep(0.05)
-        done = worker.wait_processed(len(messages), timeout=900, poll=0.05)
+            time.sleep(0.02)
+        done = worker.wait_processed(len(messages), timeout=900, poll=0.02)
         m = worker.metrics()
         rate = len(messages) / (done - first)
         results["worker_per_s"] = rate
@@ -232,63 +337,101 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         results["batches"] = m.get("nudge_stream_batch_seconds_count", 0)
         print(f"(b) worker, Kafka -> state -> Redis: {rate:,.0f} events/s = {rate / raw:.1%} of raw")
         fresh = _freshness(scoped, rate * 0.5, args.freshness_seconds, args.users, skip=len(messages))
-        results["freshness"] = {k: v for k, v in fresh.items() if k != "latencies_ms"}
+        results["freshness"] = {k: v for k, v in fresh.items() if k not in ("latencies_ms", "timeline_ms")}
+        results["freshness"]["stages"] = stages = _stages(m, worker.metrics())
         print(
             f"(c) freshness at {fresh['achieved_rate']:,.0f} events/s: p50 {fresh['p50_ms']:.0f} ms, "
-            f"p99 {fresh['p99_ms']:.0f} ms (unmatched {fresh['unmatched']})"
+            f"p99 {fresh['p99_ms']:.0f} ms (unmatched {fresh['unmatched']}); mean batch "
+            f"{stages['batch_events']:.0f} events: step {stages['step_ms']:.1f} ms, Kafka acks "
+            f"{stages['kafka_ms']:.1f} ms, Redis {stages['redis_ms']:.1f} ms (concurrent)"
         )
     finally:
         worker.stop()
+    # The same messages again, read by fresh consumer groups of 1 and 2 workers.
+    results["scaling"] = []
+    for workers in (1, 2):
+        group = _scoped(scoped, f"{tag}-{workers}w", data_dir=scoped.data_dir)
+        group = dataclasses.replace(group, **{t: getattr(scoped, t) for t in _TOPIC_FIELDS})
+        row = _throughput(group, len(messages), workers, out_dir, args.web_port)
+        results["scaling"].append(row)
+        print(f"(f) {workers} worker process{'es' if workers > 1 else ''}: {row['events_per_s']:,.0f} events/s")
     if not args.skip_recovery:
         results["recovery"] = {}
         for store in ("memory://", "rocksdb://"):
             rec = _recovery(scoped, out_dir, args.web_port, store)
             results["recovery"][store] = rec
             print(f"(d) recovery {store:11} first start {rec['first_start_s']:.1f}s, restart {rec['restart_s']:.1f}s")
-    results["targets"] = {"worker_per_s": 10_000, "worker_vs_raw": 0.30, "freshness_p99_ms": 250}
+    results["targets"] = {"worker_per_s": 10_000, "freshness_p99_ms": 250, "step_us_per_event": 25}
     (out_dir / "pipeline.json").write_text(json.dumps(results, indent=2) + "\n")
-    _plot(results, fresh["latencies_ms"], out_dir / "pipeline.png")
+    _plot(results, fresh["latencies_ms"], fresh["timeline_ms"], out_dir / "pipeline.png")
     _cleanup(scoped)
     print(f"wrote {out_dir / 'pipeline.json'} and {out_dir / 'pipeline.png'}")
     return 0
 
 
-def _plot(results: dict[str, Any], latencies: list[int], path: Path) -> None:
+def _plot(results: dict[str, Any], latencies: list[int], timeline: list[tuple[int, int]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, mid, right) = plt.subplots(1, 3, figsize=(15, 4.5))
-    left.bar(
-        ["raw getmany", "nudge worker"],
-        [results["raw_consume_per_s"], results["worker_per_s"]],
-        color=["grey", "tab:blue"],
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
+    (through, hist, over_time), (cost, stages, recovery) = axes
+    scaling = {row["workers"]: row["events_per_s"] for row in results.get("scaling", [])}
+    names = ["raw getmany", "worker (b)"] + [f"{n} worker{'s' if n > 1 else ''} (f)" for n in scaling]
+    through.bar(
+        names,
+        [results["raw_consume_per_s"], results["worker_per_s"], *scaling.values()],
+        color=["grey", "tab:blue"] + ["tab:cyan"] * len(scaling),
     )
-    left.axhline(10_000, color="tab:red", linestyle="--", label="target 10k/s")
-    left.set_ylabel("messages/s")
-    left.set_yscale("log")
-    left.set_title("Throughput (same messages, same run)")
-    left.legend()
+    through.axhline(10_000, color="tab:red", linestyle="--", label="target 10k/s")
+    through.set_ylabel("messages/s")
+    through.set_yscale("log")
+    through.set_title("Throughput (same messages, same run)")
+    through.legend()
+    fresh = results["freshness"]
     if latencies:
-        mid.hist(latencies, bins=60, color="tab:blue")
-        mid.axvline(250, color="tab:red", linestyle="--", label="p99 target 250 ms")
-        mid.axvline(results["freshness"]["p99_ms"], color="black", linestyle=":", label="measured p99")
-        mid.legend()
-    mid.set_xlabel("produce -> Redis (ms)")
-    mid.set_title(f"Freshness at {results['freshness']['achieved_rate']:,.0f} events/s")
+        hist.hist(latencies, bins=60, color="tab:blue")
+        hist.axvline(250, color="tab:red", linestyle="--", label="p99 target 250 ms")
+        hist.axvline(fresh["p99_ms"], color="black", linestyle=":", label=f"p99 {fresh['p99_ms']:.0f} ms")
+        hist.legend()
+    hist.set_xlabel("produce -> Redis (ms)")
+    hist.set_title(f"Freshness at {fresh['achieved_rate']:,.0f} events/s (50 % of b)")
+    if timeline:
+        over_time.scatter([t / 1000 for t, _ in timeline], [lat for _, lat in timeline], s=1, alpha=0.3)
+        over_time.axhline(250, color="tab:red", linestyle="--")
+    over_time.set_xlabel("seconds into the freshness run (send time)")
+    over_time.set_ylabel("produce -> Redis (ms)")
+    over_time.set_title("When the slow ones were sent")
+    costs = results.get("step_cost", [])
+    cost.bar(
+        [f"step, batch {c['batch']:,}" for c in costs] + ["orjson.loads"],
+        [c["step_us_per_event"] for c in costs] + [costs[0]["orjson_loads_us_per_event"] if costs else 0],
+        color=["tab:blue"] * len(costs) + ["grey"],
+    )
+    cost.axhline(25, color="tab:red", linestyle="--", label="aim 25 us")
+    cost.set_ylabel("microseconds per event")
+    cost.set_title("The pure step alone (no Kafka, no Redis)")
+    cost.legend()
+    st = fresh.get("stages", {})
+    stages.bar(
+        ["step", "Kafka acks", "Redis", "whole batch"],
+        [st.get(k, 0) for k in ("step_ms", "kafka_ms", "redis_ms", "batch_ms")],
+    )
+    stages.set_ylabel("mean ms per batch")
+    stages.set_title(f"Batch stages during (c), mean {st.get('batch_events', 0):.0f} events/batch")
     rec = results.get("recovery", {})
     if rec:
-        names = list(rec)
-        right.bar([f"{n}\nfirst" for n in names] + [f"{n}\nrestart" for n in names],
-                  [rec[n]["first_start_s"] for n in names] + [rec[n]["restart_s"] for n in names])  # fmt: skip
-        right.set_ylabel("seconds to ready")
-        right.set_title("Worker start / restart (table recovery)")
+        stores = list(rec)
+        recovery.bar([f"{n}\nfirst" for n in stores] + [f"{n}\nrestart" for n in stores],
+                     [rec[n]["first_start_s"] for n in stores] + [rec[n]["restart_s"] for n in stores])  # fmt: skip
+        recovery.set_ylabel("seconds to ready")
+        recovery.set_title("Worker start / restart (table recovery)")
     else:
-        right.axis("off")
-        right.text(0.5, 0.5, "recovery not measured\n(--skip-recovery)", ha="center", va="center")
+        recovery.axis("off")
+        recovery.text(0.5, 0.5, "recovery not measured\n(--skip-recovery)", ha="center", va="center")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -300,8 +443,8 @@ def _cleanup(settings: Settings) -> None:
             admin.delete_topics(doomed)
     finally:
         admin.close()
-    client = redis.Redis.from_url(settings.redis_url)
-    for key in client.scan_iter(match=f"{settings.app_id}:*", count=10_000):
+    client = sync_client(settings)
+    for key in client.scan_iter(match=f"{settings.app_id}*", count=10_000):
         client.delete(key)
     client.close()
     shutil.rmtree(settings.data_dir, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""The event contract (DESIGN.md "Events"), schema version 1.
+"""The event contract (docs/contracts.md "Events"), schema version 1.
 
 One pydantic model per event family, joined into a union discriminated by
 `type`. `parse_event(raw_bytes)` is the single gate every consumer uses: it

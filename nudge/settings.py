@@ -37,7 +37,7 @@ class Setting:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """All of nudge's settings. Names below are defaults (DESIGN.md)."""
+    """All of nudge's settings. Every name, port and threshold is a setting (docs/contracts.md lists the contracts they configure)."""
 
     # --- local stack -------------------------------------------------------
     data_dir: Path = _setting(Path(".nudge"), "NUDGE_DATA_DIR", "where the local stack keeps data, logs and pid files")
@@ -83,7 +83,7 @@ class Settings:
     )
 
     # --- events ------------------------------------------------------------
-    max_event_bytes: int = _setting(64 * 1024, "NUDGE_MAX_EVENT_BYTES", "larger events are rejected (DESIGN: 64 KiB)")
+    max_event_bytes: int = _setting(64 * 1024, "NUDGE_MAX_EVENT_BYTES", "larger events are rejected (the event contract: 64 KiB)")
     max_future_ms: int = _setting(
         7 * 86_400_000, "NUDGE_MAX_FUTURE_MS", "events further in the future than this are rejected"
     )

@@ -88,7 +88,7 @@ class WorkerProcess:
         """Wait until the worker logged 'Worker ready'; return seconds since start."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            self._check_alive()
+            self.check_alive()
             if b"Worker ready" in self._log():
                 return time.monotonic() - self.started_at
             time.sleep(0.1)
@@ -98,7 +98,7 @@ class WorkerProcess:
         """Wait until the worker has consumed `count` input messages; return the time."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            self._check_alive()
+            self.check_alive()
             try:
                 if self.total("nudge_stream_events_total") >= count:
                     return time.monotonic()
@@ -107,7 +107,7 @@ class WorkerProcess:
             time.sleep(poll)
         raise NudgeError(f"worker on port {self.web_port} did not process {count} messages in {timeout:.0f}s")
 
-    def _check_alive(self) -> None:
+    def check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
             tail = self._log().decode(errors="replace").splitlines()[-20:]
             raise NudgeError(f"worker exited with {self.proc.returncode}:\n" + "\n".join(tail))

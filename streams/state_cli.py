@@ -57,7 +57,7 @@ __all__ = [
 # updated_at older than this earns a staleness note: a live worker rewrites a
 # user's hash on every event, so an hour of silence means no events or no worker.
 STALE_AFTER: Final = timedelta(hours=1)
-_MAX_USER_ID: Final = 128  # the event contract's limit (DESIGN.md "Events")
+_MAX_USER_ID: Final = 128  # the event contract's limit (docs/contracts.md "Events")
 _NONE: Final = "—"
 _LABEL_WIDTH: Final = 21
 _MISSING: Final = "(not in hash)"

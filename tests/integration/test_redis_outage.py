@@ -190,7 +190,7 @@ def wait_stalled(worker: WorkerProcess, quiet: float = 2.0, timeout: float = 20.
     while time.monotonic() - since < quiet:
         assert time.monotonic() < deadline, f"the worker kept processing without Redis ({last:.0f} events)"
         time.sleep(0.2)
-        worker._check_alive()
+        worker.check_alive()
         now = worker.total("nudge_stream_events_total")
         if now != last:
             last, since = now, time.monotonic()
@@ -251,7 +251,7 @@ def test_redis_killed_mid_stream_loses_nothing_and_commits_nothing_unwritten(
         time.sleep(COMMIT_INTERVAL_S + 0.5)
         frozen = committed_offsets(settings)
         time.sleep(2 * COMMIT_INTERVAL_S + 0.5)
-        worker._check_alive()
+        worker.check_alive()
         during = worker.metrics()
         assert worker.total("nudge_stream_events_total", during) == stalled_at, "events processed without Redis"
         # Still retrying (with backoff), not given up after the first failure.

@@ -86,7 +86,7 @@ def wait_for_parity(
     bad: list[str] = list(reference)
     while time.monotonic() < deadline:
         for w in workers:
-            w._check_alive()
+            w.check_alive()
         bad = mismatches(settings, reference)
         if not bad:
             break
