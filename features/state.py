@@ -274,15 +274,18 @@ class UserState:
 
 class StreamMemory:
     """What one user's stream (topic kind) remembers: its watermark and the
-    ids of its recent events, as {day index: hashes}; days before
-    `floor_day` are forgotten."""
+    ids of its recent events, as {day index: [hashes]}; days before
+    `floor_day` are forgotten. `ids` holds the same hashes as a set, for the
+    duplicate check; `seen` is kept in its changelog form (lists), so writing
+    the changelog copies nothing."""
 
-    __slots__ = ("count", "floor_day", "seen", "watermark")
+    __slots__ = ("count", "floor_day", "ids", "seen", "watermark")
 
     def __init__(self) -> None:
         self.watermark: int | None = None
         self.floor_day = 0
-        self.seen: dict[int, set[int]] = {}
+        self.seen: dict[int, list[int]] = {}
+        self.ids: set[int] = set()
         self.count = 0
 
     def expired(self, day: int, config: FoldConfig) -> bool:
@@ -292,16 +295,26 @@ class StreamMemory:
 
     def remember(self, h: int, day: int, config: FoldConfig) -> bool:
         """Add an id; False if it was already there (a duplicate)."""
-        for hashes in self.seen.values():
-            if h in hashes:
-                return False
-        self.seen.setdefault(day, set()).add(h)
+        ids = self.ids
+        if h in ids:
+            return False
+        ids.add(h)
+        day_ids = self.seen.get(day)
+        if day_ids is None:
+            self.seen[day] = [h]
+        else:
+            day_ids.append(h)
         self.count += 1
         while self.count > config.dedup_max_ids and len(self.seen) > 1:
             oldest = min(self.seen)
-            self.count -= len(self.seen.pop(oldest))
+            self._forget_day(oldest)
             self.floor_day = max(self.floor_day, oldest + 1)
         return True
+
+    def _forget_day(self, day: int) -> None:
+        dropped = self.seen.pop(day)
+        self.ids.difference_update(dropped)
+        self.count -= len(dropped)
 
     def advance(self, ts: int, config: FoldConfig) -> None:
         self.watermark = ts
@@ -309,22 +322,20 @@ class StreamMemory:
         if floor > self.floor_day:
             self.floor_day = floor
             for day in [d for d in self.seen if d < floor]:
-                self.count -= len(self.seen.pop(day))
+                self._forget_day(day)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "watermark": self.watermark,
-            "floor_day": self.floor_day,
-            "seen": {day: list(hashes) for day, hashes in self.seen.items()},
-        }
+        """The changelog form (shares `seen`: serialise it, do not keep it)."""
+        return {"watermark": self.watermark, "floor_day": self.floor_day, "seen": self.seen}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StreamMemory:
         mem = cls()
         mem.watermark = data["watermark"]
         mem.floor_day = data["floor_day"]
-        mem.seen = {int(day): set(hashes) for day, hashes in data["seen"].items()}
-        mem.count = sum(len(h) for h in mem.seen.values())
+        mem.seen = {int(day): list(hashes) for day, hashes in data["seen"].items()}
+        mem.ids = {h for hashes in mem.seen.values() for h in hashes}
+        mem.count = len(mem.ids)
         return mem
 
 

@@ -83,7 +83,9 @@ class Settings:
     )
 
     # --- events ------------------------------------------------------------
-    max_event_bytes: int = _setting(64 * 1024, "NUDGE_MAX_EVENT_BYTES", "larger events are rejected (the event contract: 64 KiB)")
+    max_event_bytes: int = _setting(
+        64 * 1024, "NUDGE_MAX_EVENT_BYTES", "larger events are rejected (the event contract: 64 KiB)"
+    )
     max_future_ms: int = _setting(
         7 * 86_400_000, "NUDGE_MAX_FUTURE_MS", "events further in the future than this are rejected"
     )

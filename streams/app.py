@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
-from faust.sensors import Sensor
+from faust.sensors import Monitor
 from faust.types import EventT
 from prometheus_client import generate_latest
 
@@ -106,14 +106,17 @@ class _Stepped:
     stepped: float
 
 
-class _CommitSensor(Sensor):
-    """Feeds the 'last commit' metric: a worker that stops committing is sick."""
+class _CommitMonitor(Monitor):
+    """Faust's monitor, also feeding the 'last commit' metric: a worker that
+    stops committing is sick. (Faust reports commits to its monitor only, not
+    to every sensor, so this is the monitor the app is given.)"""
 
     def __init__(self, metrics: StreamMetrics) -> None:
         super().__init__()
         self.metrics = metrics
 
     def on_tp_commit(self, tp_offsets: Any) -> None:
+        super().on_tp_commit(tp_offsets)
         self.metrics.committed()
 
 
@@ -315,8 +318,10 @@ def create_app(settings: Settings, *, web_port: int | None = None, store: Featur
     port = settings.worker_metrics_port if web_port is None else web_port
     datadir = settings.data_dir.resolve() / "worker" / f"{settings.app_id}-{port}"
     datadir.mkdir(parents=True, exist_ok=True)
+    metrics = StreamMetrics()
     app = faust.App(
         settings.app_id,
+        monitor=_CommitMonitor(metrics),
         broker=f"{faust_internals.SCHEME}://{settings.kafka_bootstrap}",
         store=settings.store,
         datadir=str(datadir),
@@ -340,8 +345,6 @@ def create_app(settings: Settings, *, web_port: int | None = None, store: Featur
         broker_session_timeout=10.0,
         broker_heartbeat_interval=3.0,
     )
-    metrics = StreamMetrics()
-    app.sensors.add(_CommitSensor(metrics))
     health = DependencyHealth(metrics.dependency_up)
     health.known("kafka", "redis")
     QuietClientLogs.install(health, "kafka", ("aiokafka", "kafka"))

@@ -47,9 +47,6 @@ class StreamMetrics:
             buckets=_FRESHNESS_BUCKETS,
             registry=r,
         )
-        self.redis_write_seconds = Histogram(
-            "nudge_redis_write_seconds", "One pipelined Redis write of a batch", buckets=_LATENCY_BUCKETS, registry=r
-        )
         self.redis_errors = Counter("nudge_redis_write_errors_total", "Failed Redis writes (retried)", registry=r)
         self.dependency_up = Gauge(
             "nudge_dependency_up",

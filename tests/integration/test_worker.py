@@ -158,6 +158,9 @@ def test_parity_with_batch_reference(
     assert worker.proc is not None and worker.proc.returncode == 0
     assert "Traceback" not in log_path(tmp_path, "w1").read_text()
     assert worker.total("nudge_stream_dlq_total", metrics) == 0
+    # Liveness: the commit and batch clocks moved.
+    assert metrics["nudge_stream_last_commit_timestamp_seconds"] > time.time() - 600
+    assert metrics["nudge_stream_last_batch_timestamp_seconds"] > time.time() - 600
     # /offsets: every input partition, all of it processed and committed.
     produced: dict[str, int] = {}
     for ev in sim_log:
