@@ -115,43 +115,67 @@ def _raw_ceiling(settings: Settings, count: int) -> float:
     return asyncio.run(consume())
 
 
+async def _send_paced(
+    settings: Settings, routed: list[tuple[str, dict[str, Any]]], rate: float, sent: list[tuple[str, int]]
+) -> float:
+    """Send each event at its due time, stamped with the time it is sent
+    (acks=all, idempotent, as every nudge producer); return the rate achieved."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=1
+    )
+    await producer.start()
+    try:
+        interval = 1.0 / rate
+        began = time.perf_counter()
+        pending = []
+        for i, (topic, event) in enumerate(routed):
+            delay = began + i * interval - time.perf_counter()
+            if delay > 0.002:
+                await asyncio.sleep(delay)
+            ts = int(time.time() * 1000)
+            event["ts"] = ts
+            user = event["user_id"]
+            pending.append(await producer.send(topic, orjson.dumps(event), key=user.encode()))
+            sent.append((user, ts))
+        achieved = len(routed) / (time.perf_counter() - began)
+        await asyncio.gather(*pending)
+        return achieved
+    finally:
+        await producer.stop()
+
+
 def _freshness(settings: Settings, rate: float, seconds: float, users: int, skip: int) -> dict[str, Any]:
     """Produce the simulator's next events at `rate`, each stamped ts = now,
     then match each to the first changes-stream entry of its user whose
     as_of covers it. Same traffic mix as the throughput run."""
-    from producers.kafka import EventProducer
     from producers.simulator import generate
 
     client = sync_client(settings, decode_responses=True)
     start_id = f"{int(time.time() * 1000)}-0"
     sent: list[tuple[str, int]] = []
     total = int(rate * seconds)
-    interval = 1.0 / rate
     upcoming = list(itertools.islice(generate(users, 60, seed=42), skip, skip + total))
-    # The load generator must not pause itself: a full collection of the
-    # benchmark's own objects would hold kafka-python's sender thread (GIL)
-    # with stamped events in its buffer, and count as the worker's latency.
+    routed = []
+    for event in upcoming:
+        topic = topic_for_event_type(settings, event["type"])
+        assert topic is not None
+        routed.append((topic, event))
+    # The load generator must cost the machine as little as it can (it shares
+    # the cores with the worker it measures): aiokafka's producer builds
+    # record batches in C, and the generator never pauses for its own
+    # garbage collection (a pause with stamped events in the producer's
+    # buffer would count as the worker's latency).
     gc.collect()
     gc.freeze()
     gc.disable()
-    with EventProducer(settings, client_id="nudge-bench-fresh", linger_ms=1) as producer:
-        began = time.perf_counter()
-        for i, event in enumerate(upcoming):
-            due = began + i * interval
-            delay = due - time.perf_counter()
-            if delay > 0.002:
-                time.sleep(delay)
-            ts = int(time.time() * 1000)
-            event["ts"] = ts
-            user = event["user_id"]
-            topic = topic_for_event_type(settings, event["type"])
-            assert topic is not None
-            producer.send(topic, orjson.dumps(event), key=user.encode())
-            sent.append((user, ts))
-        total = len(upcoming)
-        achieved = total / (time.perf_counter() - began)
-    gc.enable()
-    gc.unfreeze()
+    try:
+        achieved = asyncio.run(_send_paced(settings, routed, rate, sent))
+    finally:
+        gc.enable()
+        gc.unfreeze()
+    total = len(upcoming)
     time.sleep(3.0)
     entries: dict[str, list[tuple[int, int]]] = {}
     stream: list[tuple[str, dict[str, str]]] = []

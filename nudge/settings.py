@@ -112,6 +112,11 @@ class Settings:
         "NUDGE_BATCH_WITHIN_S",
         "longest wait for more events once a batch has one, seconds (0: take what is queued; batches grow with load)",
     )
+    changelog_flush_s: float = _setting(
+        0.5,
+        "NUDGE_CHANGELOG_FLUSH_S",
+        "changelog written (and offsets acknowledged) at most this long after Redis; one entry per user per flush",
+    )
     grace_ms: int = _setting(
         3_600_000, "NUDGE_GRACE_MS", "out-of-order events within this of the user's latest still land in their windows"
     )
@@ -155,6 +160,8 @@ class Settings:
             object.__setattr__(self, "redis_url", f"redis://127.0.0.1:{self.redis_port}/0")
         if self.changes_shards == 0:
             object.__setattr__(self, "changes_shards", 16 if self.redis_cluster else 1)
+        if not 0.0 <= self.changelog_flush_s <= 60.0:
+            raise ConfigError(f"NUDGE_CHANGELOG_FLUSH_S={self.changelog_flush_s}: 0..60 seconds")
         if not 1 <= self.changes_shards <= 1024:
             raise ConfigError(f"NUDGE_CHANGES_SHARDS={self.changes_shards}: 1..1024 changes streams")
         if self.replication == 0:

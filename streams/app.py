@@ -41,7 +41,7 @@ from streams.batches import ack, batches
 from streams.health import DependencyHealth, QuietClientLogs
 from streams.metrics import StreamMetrics
 from streams.pauses import GcPolicy
-from streams.step import StepConfig, StepResult, expected_partition, step, user_write
+from streams.step import StepConfig, StepResult, changelog_value, expected_partition, step, user_write
 from streams.store import FeatureStore, open_store
 
 __all__ = ["TABLE_NAME", "TableStates", "UserStateUpdater", "create_app"]
@@ -153,6 +153,12 @@ class UserStateUpdater:
         self.states = TableStates(self.table)
         self.resync_due = False
         self._batches = 0
+        # Changelog entries due (key -> partition) and the batches waiting
+        # for the flush that writes them.
+        self._dirty: dict[bytes, int] = {}
+        self._unflushed: list[_Stepped] = []
+        self._flushed_at = time.monotonic()
+        self._flush_lock = asyncio.Lock()
         self.gc = GcPolicy(metrics.gc_pause_seconds, settings.gc_full_every_s)
         self.gc.install()
 
@@ -182,27 +188,84 @@ class UserStateUpdater:
         return _Stepped(self._batches, events, result, refused, started, time.perf_counter())
 
     async def perform(self, batch: _Stepped) -> None:
-        """Perform a stepped batch's effects, then acknowledge it."""
+        """Write a stepped batch's users to Redis and produce its dead letters
+        and re-keyed messages (concurrently); its users' changelog entries
+        become due. The batch is acknowledged by the changelog flush after."""
         result = batch.result
-        await asyncio.gather(self._send(result), self._write(result))
-        self.states.release(result.states, batch.number)
-        consumer: faust_internals.Consumer = self.app.consumer  # type: ignore[assignment]
-        await consumer.refetch()
-        ack(batch.events)
+        await asyncio.gather(self._send_outgoing(result), self._write(result))
+        for key, partition in result.changelog:
+            self._dirty[key] = partition
+        self._unflushed.append(batch)
         self._observe(batch)
+        if time.monotonic() - self._flushed_at >= self.settings.changelog_flush_s:
+            await self.flush()
         self.gc.after_batch()
+
+    async def flush(self) -> None:
+        """Write every due changelog entry, wait for Kafka's acks, file them in
+        the table's store, then acknowledge the batches they cover (in order).
+
+        One entry per user however many batches touched it since the last
+        flush: a user active in a session is serialised and produced once
+        per `NUDGE_CHANGELOG_FLUSH_S`, not once per batch. Redis does not
+        wait for this (freshness is the Redis write); offsets do. Flushes run
+        one at a time, so a user's changelog never goes backwards. A state
+        flushed here may already hold events of the batch being stepped:
+        harmless, since its dedup memory makes their replay change nothing.
+        """
+        async with self._flush_lock:
+            self._flushed_at = time.monotonic()
+            dirty, self._dirty = self._dirty, {}
+            covered, self._unflushed = self._unflushed, []
+            if not covered:
+                return
+            started = time.perf_counter()
+            if dirty:
+                producer = self.app.producer
+                topic = self.table.changelog_topic.get_topic_name()
+                entries = []
+                futures = []
+                for key, partition in dirty.items():
+                    state = self.states.get(key.decode())
+                    assert state is not None  # held until this flush files it
+                    value = changelog_value(state)
+                    entries.append((key, state, value, partition))
+                    futures.append(await producer.send(topic, key, value, partition, None, None))
+                metadata = await asyncio.gather(*futures)
+                faust_internals.apply_to_store(
+                    self.table.data,
+                    topic,
+                    [(k, st, v, md.partition, md.offset) for (k, st, v, _), md in zip(entries, metadata, strict=True)],
+                )
+                self.metrics.stage_seconds.labels("changelog").observe(time.perf_counter() - started)
+            for batch in covered:
+                self.states.release(batch.result.states, batch.number)
+                ack(batch.events)
+            consumer: faust_internals.Consumer = self.app.consumer  # type: ignore[assignment]
+            await consumer.refetch()
+
+    async def _flush_every(self) -> None:
+        """Flush due entries when no batch comes to do it (idle, or a rebalance
+        waiting for the last batches to be acknowledged)."""
+        interval = self.settings.changelog_flush_s
+        while True:
+            await asyncio.sleep(interval / 2)
+            if self._unflushed and time.monotonic() - self._flushed_at >= interval:
+                await self.flush()
 
     async def run(self, stream: Any) -> None:
         """The agent: batches through a two-stage pipeline.
 
-        Batch N+1 is stepped (CPU) while batch N's effects (Kafka acks, Redis)
-        are in flight; effects run one batch at a time, in order, so a user's
-        changelog and hash never go backwards and offsets are acknowledged
+        Batch N+1 is stepped (CPU) while batch N's effects (Redis, dead
+        letters) are in flight; effects run one batch at a time, in order,
+        so a user's hash never goes backwards and offsets are acknowledged
         in order. Batches take whatever the queue holds when the previous
         step is done (`NUDGE_BATCH_WITHIN_S` 0): they grow with load instead
-        of waiting for a fixed time.
+        of waiting for a fixed time. The changelog is flushed every
+        `NUDGE_CHANGELOG_FLUSH_S` (`flush`).
         """
         inflight: asyncio.Future[None] | None = None
+        flusher = asyncio.ensure_future(self._flush_every())
         try:
             async for events in batches(stream, self.settings.batch_max, self.settings.batch_within_s):
                 stepped = self.prepare(events)
@@ -211,34 +274,23 @@ class UserStateUpdater:
                 inflight = asyncio.ensure_future(self.perform(stepped))
             if inflight is not None:
                 await inflight
+            await self.flush()
         except BaseException:
             if inflight is not None and not inflight.done():
                 inflight.cancel()
             raise
+        finally:
+            flusher.cancel()
 
-    async def _send(self, result: StepResult) -> None:
-        """Produce the changelog, dead letters and re-keyed messages; wait for
-        every ack; then file the changelog entries in the table's store.
-
-        Sends are issued in batch order and batches one after another, so a
-        user's changelog never carries an older state after a newer one.
-        """
-        if not (result.changelog or result.dead_letters or result.rekeyed):
+    async def _send_outgoing(self, result: StepResult) -> None:
+        """Produce the batch's dead letters and re-keyed messages; wait for every ack."""
+        outgoing = result.outgoing
+        if not outgoing:
             return
         started = time.perf_counter()
         producer = self.app.producer
-        changelog_topic = self.table.changelog_topic.get_topic_name()
-        futures = [
-            await producer.send(changelog_topic, key, value, partition, None, None)
-            for key, value, partition in result.changelog
-        ]
-        futures += [await producer.send(m.topic, m.key, m.value, None, None, m.headers) for m in result.outgoing]
-        metadata = await asyncio.gather(*futures)
-        entries = [
-            (key, result.states[key.decode()], value, md.partition, md.offset)
-            for (key, value, _), md in zip(result.changelog, metadata[: len(result.changelog)], strict=True)
-        ]
-        faust_internals.apply_to_store(self.table.data, changelog_topic, entries)
+        futures = [await producer.send(m.topic, m.key, m.value, None, None, m.headers) for m in outgoing]
+        await asyncio.gather(*futures)
         self.metrics.stage_seconds.labels("kafka").observe(time.perf_counter() - started)
 
     async def _write(self, result: StepResult) -> None:

@@ -56,8 +56,9 @@ class StreamMetrics:
         )
         self.stage_seconds = Histogram(
             "nudge_stream_batch_stage_seconds",
-            "Time of one batch's stages: step (pure CPU), kafka (changelog/DLQ produce until acked), "
-            "redis (store write); kafka and redis run concurrently",
+            "Time of the worker's stages: step (one batch, pure CPU), redis (its store write), kafka (its "
+            "dead letters and re-keyed messages until acked, concurrent with redis), changelog (one flush of "
+            "every due changelog entry until acked)",
             ["stage"],
             buckets=_LATENCY_BUCKETS,
             registry=r,

@@ -23,7 +23,9 @@ then once per user the batch touched:
 
 4. score: the models' place (`StepConfig.scorers`): each scorer maps the
    user's state and `now_ms` to extra hash fields;
-5. emit: one changelog entry and one store write per touched user.
+5. emit: one store write per touched user, and the user's changelog entry
+   made due: its key and partition (the value is the state itself, which the
+   shell serialises when it writes the changelog; `changelog_value`).
 
 Ownership: the step advances the `UserState` objects it gets from `states` in
 place (copying every state per batch would cost more than the fold) and
@@ -52,6 +54,7 @@ __all__ = [
     "StepConfig",
     "StepResult",
     "UserWrite",
+    "changelog_value",
     "expected_partition",
     "step",
     "user_write",
@@ -140,7 +143,7 @@ class StepResult:
 
     states: dict[str, UserState] = field(default_factory=dict)  # touched users, first touch first
     writes: list[UserWrite] = field(default_factory=list)  # one per touched user
-    changelog: list[tuple[bytes, bytes, int]] = field(default_factory=list)  # (key, value, partition)
+    changelog: list[tuple[bytes, int]] = field(default_factory=list)  # (key, partition) of each touched user
     dead_letters: list[OutputMessage] = field(default_factory=list)
     rekeyed: list[OutputMessage] = field(default_factory=list)
     counts: dict[tuple[str, str], int] = field(default_factory=dict)  # (topic, outcome) -> messages
@@ -224,12 +227,17 @@ def user_write(state: UserState, config: StepConfig, now_ms: int) -> UserWrite:
     return UserWrite(state.user_id, state.events_total, fields)
 
 
+def changelog_value(state: UserState) -> bytes:
+    """A user's changelog value: the state, recovered by `UserState.from_json`."""
+    return state.to_json()
+
+
 def _emit(result: StepResult, config: StepConfig, now_ms: int) -> None:
     """Stages 4 and 5: score each touched user, then its changelog entry and store write."""
     watermark = None
     for uid, state in result.states.items():
         key = uid.encode()
-        result.changelog.append((key, state.to_json(), expected_partition(key, config.partitions)))
+        result.changelog.append((key, expected_partition(key, config.partitions)))
         result.writes.append(user_write(state, config, now_ms))
         if state.as_of is not None and (watermark is None or state.as_of > watermark):
             watermark = state.as_of

@@ -20,7 +20,7 @@ from features.state import FoldConfig, UserState
 from nudge.events import Event, dump_event
 from streams import step as step_module
 from streams.dlq import parse_dlq_headers
-from streams.step import StepConfig, StepResult, expected_partition, step
+from streams.step import StepConfig, StepResult, changelog_value, expected_partition, step
 from tests.unit.test_features import T0, make, random_log
 
 P = 6
@@ -174,10 +174,10 @@ def test_one_changelog_entry_and_one_write_per_touched_user() -> None:
     result = run([msg_of(ev, offset=i) for i, ev in enumerate(events)])
     assert [w.user_id for w in result.writes] == ["u0", "u1", "u2"]
     assert [w.seq for w in result.writes] == [3, 3, 3]
-    for (key, value, partition), w in zip(result.changelog, result.writes, strict=True):
+    for (key, partition), w in zip(result.changelog, result.writes, strict=True):
         assert key == w.user_id.encode() and partition == expected_partition(key, P)
         # The changelog form recovers exactly the state that was written.
-        assert UserState.from_json(value).features() == w.fields
+        assert UserState.from_json(changelog_value(result.states[w.user_id])).features() == w.fields
     assert result.watermark == T0 + 8000
     assert result.first_seen_at == [1_700_000_000.0] * 3
 
