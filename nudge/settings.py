@@ -113,7 +113,7 @@ class Settings:
         "longest wait for more events once a batch has one, seconds (0: take what is queued; batches grow with load)",
     )
     changelog_flush_s: float = _setting(
-        0.5,
+        0.2,
         "NUDGE_CHANGELOG_FLUSH_S",
         "changelog written (and offsets acknowledged) at most this long after Redis; one entry per user per flush",
     )

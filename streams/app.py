@@ -52,6 +52,7 @@ TABLE_NAME = "user-state"
 _CODEC = "nudge-user-state"
 _HEALTH_CHECK_S = 2.0
 _RESYNC_CHUNK = 2000
+_FLUSH_SLICE = 200  # changelog entries serialised and produced between yields
 faust_internals.register_codec(_CODEC, UserState.from_json)
 
 
@@ -190,15 +191,13 @@ class UserStateUpdater:
     async def perform(self, batch: _Stepped) -> None:
         """Write a stepped batch's users to Redis and produce its dead letters
         and re-keyed messages (concurrently); its users' changelog entries
-        become due. The batch is acknowledged by the changelog flush after."""
+        become due. The batch is acknowledged by the next changelog flush."""
         result = batch.result
         await asyncio.gather(self._send_outgoing(result), self._write(result))
         for key, partition in result.changelog:
             self._dirty[key] = partition
         self._unflushed.append(batch)
         self._observe(batch)
-        if time.monotonic() - self._flushed_at >= self.settings.changelog_flush_s:
-            await self.flush()
         self.gc.after_batch()
 
     async def flush(self) -> None:
@@ -225,7 +224,9 @@ class UserStateUpdater:
                 topic = self.table.changelog_topic.get_topic_name()
                 entries = []
                 futures = []
-                for key, partition in dirty.items():
+                for i, (key, partition) in enumerate(dirty.items()):
+                    if i and not i % _FLUSH_SLICE:
+                        await asyncio.sleep(0)  # let batches go on between slices
                     state = self.states.get(key.decode())
                     assert state is not None  # held until this flush files it
                     value = changelog_value(state)
@@ -245,13 +246,16 @@ class UserStateUpdater:
             await consumer.refetch()
 
     async def _flush_every(self) -> None:
-        """Flush due entries when no batch comes to do it (idle, or a rebalance
-        waiting for the last batches to be acknowledged)."""
+        """Flush the changelog every `NUDGE_CHANGELOG_FLUSH_S`, beside the
+        batches (a flush yields between slices of entries, so a large one does
+        not stall the batches for its whole length)."""
         interval = self.settings.changelog_flush_s
         while True:
-            await asyncio.sleep(interval / 2)
-            if self._unflushed and time.monotonic() - self._flushed_at >= interval:
+            await asyncio.sleep(max(0.0, self._flushed_at + interval - time.monotonic()))
+            if self._unflushed:
                 await self.flush()
+            else:
+                self._flushed_at = time.monotonic()
 
     async def run(self, stream: Any) -> None:
         """The agent: batches through a two-stage pipeline.
