@@ -177,16 +177,18 @@ class Watch:
 
     def poll(self) -> None:
         self.worker.check_alive()
-        with contextlib.suppress(OSError):  # URLError included: a slow scrape only delays a row
-            self.metrics = self.worker.metrics()
-        self.consumed = self.worker.total("nudge_stream_events_total", self.metrics) - self.consumed0
-        self.dlq = self.worker.total("nudge_stream_dlq_total", self.metrics) - self.dlq0
+        # Redis first: the worker counts a batch on /metrics just after its
+        # Redis write, so read the other way round the counters could trail.
         pipe = self.redis.pipeline(transaction=False)
         for key in self.keys:
             pipe.hget(key, "events_total")
         values = pipe.execute()
         self.users = sum(1 for v in values if v is not None)
         self.folded = sum(int(v) for v in values if v)
+        with contextlib.suppress(OSError):  # URLError included: a slow scrape only delays a row
+            self.metrics = self.worker.metrics()
+        self.consumed = self.worker.total("nudge_stream_events_total", self.metrics) - self.consumed0
+        self.dlq = self.worker.total("nudge_stream_dlq_total", self.metrics) - self.dlq0
 
     def done(self, expected: int) -> bool:
         """Every sent event is in a demo user's events_total, or was dead-lettered."""
@@ -325,6 +327,11 @@ def _drain(watch: Watch, expected: int) -> bool:
         watch.poll()
         if time.monotonic() - watch.row_t >= TICK_S:
             _say(watch.row(expected))
+    # The last write may be in Redis a moment before the worker counts it.
+    settle = time.monotonic() + 2.0
+    while watch.consumed < expected and time.monotonic() < settle:
+        time.sleep(0.1)
+        watch.poll()
     _say(watch.row(expected))
     return watch.done(expected)
 

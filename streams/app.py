@@ -9,14 +9,17 @@ The agent is a thin shell around the pure step (`streams.step.step`):
    `streams.faust_internals.Consumer.admit`);
 3. call the step: it parses, routes, folds and scores, and returns the new
    states and the effects;
-4. perform the effects: produce the changelog, dead letters and re-keyed
-   messages and wait for every ack, and at the same time write the touched
-   users to Redis (retrying while Redis is down); then put the acknowledged
-   changelog entries into the table's local store;
-5. acknowledge the batch, so its offsets may be committed.
+4. perform the effects: write the touched users to Redis (retrying while
+   Redis is down) and, at the same time, produce the dead letters and
+   re-keyed messages and wait for their acks;
+5. every `NUDGE_CHANGELOG_FLUSH_S`, flush the changelog: one entry per user
+   touched since the last flush, acknowledged by Kafka, filed in the table's
+   local store; then acknowledge the batches it covers, so their offsets may
+   be committed.
 
-So no offset is committed before its state is in the changelog and in Redis.
-A crash replays the uncommitted tail; the dedup memory lives inside the same
+Steps 1-3 of batch N+1 run while batch N's effects are in flight. No offset
+is committed before its state is in the changelog and in Redis. A crash
+replays the uncommitted tail; the dedup memory lives inside the same
 changelogged state, so the replay changes nothing.
 """
 

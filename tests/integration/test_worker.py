@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 import redis
+from kafka.errors import KafkaError
 
 from features import batch
 from features.state import FoldConfig
@@ -102,7 +103,11 @@ def wait_for_parity(
     # Everything processed must end up committed, or a restart redoes it.
     lag: dict[str, int] = {}
     while time.monotonic() < deadline:
-        lag = uncommitted(settings)
+        try:
+            lag = uncommitted(settings)
+        except KafkaError:  # kafka-python's admin does not fail over to another broker by itself
+            time.sleep(1.0)
+            continue
         if not lag:
             return
         time.sleep(1.0)
