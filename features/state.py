@@ -109,7 +109,6 @@ class UserState:
         "spend_total_cents",
         "streams",
         "user_id",
-        "written",
     )
 
     def __init__(self, user_id: str) -> None:
@@ -136,9 +135,6 @@ class UserState:
         self.location: list[Any] | None = None  # [ts, lat, lon]
         # per topic kind: watermark and dedup memory
         self.streams: dict[str, StreamMemory] = {}
-        # What a store last wrote for this object, (seq, fields): lets the
-        # writer send only changed fields. Transient: never serialised.
-        self.written: tuple[int, dict[str, str]] | None = None
 
     # --- serialisation (the table's changelog) ---------------------------------
 

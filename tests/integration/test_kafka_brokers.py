@@ -17,15 +17,12 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource
 
-from features import batch
-from features.state import FoldConfig
 from nudge import stack
-from nudge.events import Event, Rejection, parse_event_obj
 from nudge.settings import Settings
 from producers.simulator import generate
 from streams.process import WorkerProcess
 from tests.integration.conftest import unique_scope
-from tests.integration.test_worker import free_port, mismatches, wait_for_parity
+from tests.integration.test_worker import free_port, mismatches, reference_of, wait_for_parity
 
 
 @pytest.fixture
@@ -137,12 +134,7 @@ def test_worker_parity_while_a_broker_is_killed_mid_replay(scoped: Settings, tmp
     worker's state equals the batch reference, nothing is lost or doubled,
     and the worker's log says so in a line or two, not hundreds."""
     events = list(generate(2500, 1.0, 41))  # about 38k events
-    parsed: list[Event] = []
-    for raw in events:
-        ev = parse_event_obj(raw, now_ms=2**53)
-        assert not isinstance(ev, Rejection)
-        parsed.append(ev)
-    reference = batch.compute(parsed, FoldConfig())
+    reference = reference_of(events)
     log_file = tmp_path / "events.jsonl"
     log_file.write_bytes(b"".join(orjson.dumps(ev) + b"\n" for ev in events))
 

@@ -16,17 +16,14 @@ from typing import Any
 
 import pytest
 
-from features import batch
-from features.state import FoldConfig
 from nudge import stack
-from nudge.events import Event, Rejection, parse_event_obj
 from nudge.layout import changes_stream_of, changes_streams
 from nudge.redis_client import sync_client
 from nudge.settings import Settings
 from producers.simulator import generate
 from streams.process import WorkerProcess
 from tests.integration.conftest import unique_scope
-from tests.integration.test_worker import free_port, produce, wait_for_parity
+from tests.integration.test_worker import free_port, produce, reference_of, wait_for_parity
 
 USERS, DAYS, SEED = 3000, 1.0, 31  # about 45k events of 2.2k users
 REDIS_UP = 'nudge_dependency_up{dependency="redis"}'
@@ -40,12 +37,7 @@ def scoped(cluster_stack: Settings) -> Iterator[Settings]:
 
 def test_parity_on_a_redis_cluster_with_a_node_killed_and_restarted(scoped: Settings, tmp_path: Path) -> None:
     events: list[dict[str, Any]] = list(generate(USERS, DAYS, SEED))
-    parsed: list[Event] = []
-    for raw in events:
-        ev = parse_event_obj(raw, now_ms=2**53)
-        assert not isinstance(ev, Rejection)
-        parsed.append(ev)
-    reference = batch.compute(parsed, FoldConfig())
+    reference = reference_of(events)
     produce(scoped, events)
 
     log = tmp_path / "worker.log"

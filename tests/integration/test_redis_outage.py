@@ -34,14 +34,11 @@ import pytest
 import redis
 from kafka import KafkaConsumer, TopicPartition
 
-from features import batch
-from features.state import FoldConfig
-from nudge.events import Event, Rejection, parse_event_obj
 from nudge.settings import Settings
 from nudge.topics import admin_client
 from producers.simulator import generate
 from streams.process import WorkerProcess
-from tests.integration.test_worker import free_port, produce, wait_for_parity
+from tests.integration.test_worker import free_port, produce, reference_of, wait_for_parity
 
 REDIS_SERVER = "/usr/bin/redis-server"
 USERS, DAYS, SEED = 1500, 1.0, 23  # about 22k events of 1.1k users
@@ -213,12 +210,7 @@ def test_redis_killed_mid_stream_loses_nothing_and_commits_nothing_unwritten(
 ) -> None:
     settings = dataclasses.replace(unique_topics, redis_url=private_redis.url)
     events: list[dict[str, Any]] = list(generate(USERS, DAYS, SEED))
-    parsed: list[Event] = []
-    for raw in events:
-        ev = parse_event_obj(raw, now_ms=2**53)
-        assert not isinstance(ev, Rejection), ev
-        parsed.append(ev)
-    reference = batch.compute(parsed, FoldConfig())
+    reference = reference_of(events)
     users = list(reference)
     per_user = collections.Counter(e["user_id"] for e in events)
     assert len(events) >= 20_000 and len(users) >= 1_000

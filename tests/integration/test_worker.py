@@ -16,7 +16,7 @@ from kafka.errors import KafkaError
 
 from features import batch
 from features.state import FoldConfig
-from nudge.events import Event, parse_event_obj
+from nudge.events import Event, Rejection, parse_event_obj
 from nudge.layout import changes_stream_of, changes_streams
 from nudge.redis_client import sync_client
 from nudge.settings import Settings
@@ -36,14 +36,19 @@ def sim_log() -> list[dict[str, Any]]:
     return events
 
 
+def reference_of(events: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """What every user's hash must hold after `events`: the batch reference."""
+    parsed: list[Event] = []
+    for raw in events:
+        ev = parse_event_obj(raw, now_ms=2**53)
+        assert not isinstance(ev, Rejection), ev
+        parsed.append(ev)
+    return batch.compute(parsed, FoldConfig())
+
+
 @pytest.fixture(scope="module")
 def reference(sim_log: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
-    parsed: list[Event] = []
-    for raw in sim_log:
-        ev = parse_event_obj(raw, now_ms=2**53)
-        assert not hasattr(ev, "reason")
-        parsed.append(ev)  # type: ignore[arg-type]
-    return batch.compute(parsed, FoldConfig())
+    return reference_of(sim_log)
 
 
 def produce(settings: Settings, events: list[dict[str, Any]]) -> None:
