@@ -298,8 +298,8 @@ def _throughput(settings: Settings, count: int, workers: int, out_dir: Path, por
             proc.stop()
 
 
-def _stages(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """Mean time of each stage and mean batch size between two scrapes (NaN:
+def _stages(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
+    """Mean time of each stage and mean batch size between two scrapes (None:
     the stage did not run, e.g. no dead letters)."""
     out = {}
     for key, name in (
@@ -311,11 +311,15 @@ def _stages(before: dict[str, float], after: dict[str, float]) -> dict[str, floa
     ):
         count = after.get(key.format("count"), 0) - before.get(key.format("count"), 0)
         total = after.get(key.format("sum"), 0) - before.get(key.format("sum"), 0)
-        out[name] = 1000 * total / count if count else float("nan")
+        out[name] = 1000 * total / count if count else None
     count = after.get("nudge_stream_batch_size_count", 0) - before.get("nudge_stream_batch_size_count", 0)
     total = after.get("nudge_stream_batch_size_sum", 0) - before.get("nudge_stream_batch_size_sum", 0)
-    out["batch_events"] = total / count if count else float("nan")
+    out["batch_events"] = total / count if count else None
     return out
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -377,8 +381,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(
             f"(c) freshness at {fresh['achieved_rate']:,.0f} events/s: p50 {fresh['p50_ms']:.0f} ms, "
             f"p99 {fresh['p99_ms']:.0f} ms (unmatched {fresh['unmatched']}); mean batch "
-            f"{stages['batch_events']:.0f} events: step {stages['step_ms']:.1f} ms, Redis {stages['redis_ms']:.1f} ms; "
-            f"changelog flush {stages['changelog_flush_ms']:.1f} ms every {scoped.changelog_flush_s:g} s"
+            f"{_ms(stages['batch_events'])} events: step {_ms(stages['step_ms'])} ms, Redis {_ms(stages['redis_ms'])} ms; "
+            f"changelog flush {_ms(stages['changelog_flush_ms'])} ms every {scoped.changelog_flush_s:g} s"
         )
     finally:
         worker.stop()
@@ -450,11 +454,11 @@ def _plot(results: dict[str, Any], latencies: list[int], timeline: list[tuple[in
     cost.legend()
     st = fresh.get("stages", {})
     stages.bar(
-        ["step", "Kafka acks", "Redis", "whole batch"],
-        [st.get(k, 0) for k in ("step_ms", "kafka_ms", "redis_ms", "batch_ms")],
+        ["step", "Redis write", "step to Redis\n(whole batch)", "changelog flush\n(beside batches)"],
+        [st.get(k) or 0 for k in ("step_ms", "redis_ms", "batch_ms", "changelog_flush_ms")],
     )
-    stages.set_ylabel("mean ms per batch")
-    stages.set_title(f"Stages during (c), mean {st.get('batch_events', 0):.0f} events/batch")
+    stages.set_ylabel("mean ms")
+    stages.set_title(f"Stages during (c), mean {st.get('batch_events') or 0:.0f} events/batch")
     rec = results.get("recovery", {})
     if rec:
         stores = list(rec)
