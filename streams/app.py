@@ -222,31 +222,42 @@ class UserStateUpdater:
             if not covered:
                 return
             started = time.perf_counter()
+            try:
+                await self._write_changelog(dirty)
+            except BaseException:
+                # Nothing is acknowledged: the next flush writes them again.
+                self._dirty = {**dirty, **self._dirty}
+                self._unflushed = covered + self._unflushed
+                raise
             if dirty:
-                producer = self.app.producer
-                topic = self.table.changelog_topic.get_topic_name()
-                entries = []
-                futures = []
-                for i, (key, partition) in enumerate(dirty.items()):
-                    if i and not i % _FLUSH_SLICE:
-                        await asyncio.sleep(0)  # let batches go on between slices
-                    state = self.states.get(key.decode())
-                    assert state is not None  # held until this flush files it
-                    value = changelog_value(state)
-                    entries.append((key, state, value, partition))
-                    futures.append(await producer.send(topic, key, value, partition, None, None))
-                metadata = await asyncio.gather(*futures)
-                faust_internals.apply_to_store(
-                    self.table.data,
-                    topic,
-                    [(k, st, v, md.partition, md.offset) for (k, st, v, _), md in zip(entries, metadata, strict=True)],
-                )
                 self.metrics.stage_seconds.labels("changelog").observe(time.perf_counter() - started)
             for batch in covered:
                 self.states.release(batch.result.states, batch.number)
                 ack(batch.events)
             consumer: faust_internals.Consumer = self.app.consumer  # type: ignore[assignment]
             await consumer.refetch()
+
+    async def _write_changelog(self, dirty: dict[bytes, int]) -> None:
+        producer = self.app.producer
+        topic = self.table.changelog_topic.get_topic_name()
+        entries = []
+        futures = []
+        for i, (key, partition) in enumerate(dirty.items()):
+            if i and not i % _FLUSH_SLICE:
+                await asyncio.sleep(0)  # let batches go on between slices
+            state = self.states.get(key.decode())
+            if state is None:  # cannot happen: held until a flush files it
+                log.error("no state to write to the changelog for %r: skipped", key)
+                continue
+            value = changelog_value(state)
+            entries.append((key, state, value, partition))
+            futures.append(await producer.send(topic, key, value, partition, None, None))
+        metadata = await asyncio.gather(*futures)
+        faust_internals.apply_to_store(
+            self.table.data,
+            topic,
+            [(k, st, v, md.partition, md.offset) for (k, st, v, _), md in zip(entries, metadata, strict=True)],
+        )
 
     async def _flush_every(self) -> None:
         """Flush the changelog every `NUDGE_CHANGELOG_FLUSH_S`, beside the
@@ -255,9 +266,13 @@ class UserStateUpdater:
         interval = self.settings.changelog_flush_s
         while True:
             await asyncio.sleep(max(0.0, self._flushed_at + interval - time.monotonic()))
-            if self._unflushed:
+            if not self._unflushed:
+                self._flushed_at = time.monotonic()
+                continue
+            try:
                 await self.flush()
-            else:
+            except Exception:  # retried at the next interval; the batches stay unacknowledged
+                log.exception("writing the changelog failed; retrying in %.1f s", interval)
                 self._flushed_at = time.monotonic()
 
     async def run(self, stream: Any) -> None:

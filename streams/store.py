@@ -156,28 +156,31 @@ class RedisFeatureStore:
         if not users:
             return 0
         delay = _BACKOFF_START_S
+        reloaded = False
         while True:
             try:
                 if not self._scripts_loaded:
                     await self._load_scripts()
                 written = await self._write_once(users)
-            except NoScriptError:
-                # A restarted node forgot the scripts: load them, go again.
-                self._scripts_loaded = False
-                continue
+            except NoScriptError as exc:
+                if not reloaded:
+                    # A restarted node forgot the scripts: load them, go again.
+                    self._scripts_loaded = False
+                    reloaded = True
+                    continue
+                failure: BaseException = exc
             except (RedisError, RedisClusterException, OSError) as exc:
-                self.errors += 1
-                if self.on_error is not None:
-                    self.on_error(exc)
-                # Connections from before an outage are dead, and a cluster's
-                # map of slots may be stale: start afresh.
-                await self._reconnect()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _BACKOFF_MAX_S)
-                continue
-            if self.on_ok is not None:
-                self.on_ok()
-            return written
+                failure = exc
+            else:
+                if self.on_ok is not None:
+                    self.on_ok()
+                return written
+            self.errors += 1
+            if self.on_error is not None:
+                self.on_error(failure)
+            await self._reconnect()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _BACKOFF_MAX_S)
 
     async def _load_scripts(self) -> None:
         # On a cluster, SCRIPT LOAD goes to every primary.
