@@ -424,8 +424,6 @@ def create_app(settings: Settings, *, web_port: int | None = None, store: Featur
     QuietClientLogs.install(health, "kafka", ("aiokafka", "kafka"))
 
     updater = UserStateUpdater(app, settings, metrics, store, health)
-    app.nudge_metrics = metrics  # type: ignore[attr-defined]
-    app.nudge_updater = updater  # type: ignore[attr-defined]
 
     # One agent reads all input topics. One agent per topic raced: the agents
     # share users' states, and interleaved batches lost events across a

@@ -135,17 +135,12 @@ class RedisFeatureStore:
         self.settings = settings
         self.on_error = on_error
         self.on_ok = on_ok
-        self.client: Any = self._connect()
+        self.client: Any = async_client(settings, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10)
         self._streams = changes_streams(settings)
         # What this store last wrote per user, (seq, fields): only the fields
         # that changed since are sent.
         self._written: dict[str, tuple[int, dict[str, str]]] = {}
         self._scripts_loaded = False
-        self.errors = 0
-        self.stale = 0
-
-    def _connect(self) -> Any:
-        return async_client(self.settings, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10)
 
     async def write(self, users: Sequence[UserWrite]) -> int:
         """Write every user (seq-guarded) and append them to the changes streams.
@@ -175,7 +170,6 @@ class RedisFeatureStore:
                 if self.on_ok is not None:
                     self.on_ok()
                 return written
-            self.errors += 1
             if self.on_error is not None:
                 self.on_error(failure)
             await self._reconnect()
@@ -236,8 +230,6 @@ class RedisFeatureStore:
                     elif result == 1:
                         written.append(w)
                         written_cache[w.user_id] = (w.seq, w.fields)
-                    else:
-                        self.stale += 1
             if not retry:
                 break
             todo = retry

@@ -42,11 +42,14 @@ def test_topics_have_configured_partitions(settings: Settings) -> None:
 
 
 def test_redis_runs_with_aof(settings: Settings) -> None:
-    if settings.redis_cluster:
-        pytest.skip("the shared stack runs a Redis Cluster: test_redis_cluster_is_up covers it")
-    client = redis.Redis.from_url(settings.redis_url)
-    assert client.config_get("appendonly")["appendonly"] == "yes"
-    assert str(settings.data_dir.resolve() / "redis") == client.config_get("dir")["dir"]
+    # Every Redis of the stack: the single server, or each cluster node.
+    for node in stack._Paths(settings).redis_nodes():
+        client = redis.Redis(host="127.0.0.1", port=node.port)
+        try:
+            assert client.config_get("appendonly")["appendonly"] == "yes"
+            assert client.config_get("dir")["dir"] == str(node.dir)
+        finally:
+            client.close()
 
 
 # --- Redis Cluster -------------------------------------------------------------
