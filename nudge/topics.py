@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
@@ -21,6 +22,8 @@ from nudge.settings import Settings
 __all__ = ["admin_client", "ensure_topics", "topic_for_event_type", "topic_for_kind"]
 
 log = logging.getLogger(__name__)
+
+_DESCRIBE_TIMEOUT_S = 30.0
 
 
 def topic_for_kind(settings: Settings, kind: str) -> str:
@@ -71,6 +74,7 @@ def ensure_topics(settings: Settings, names: tuple[str, ...] | None = None) -> l
             except TopicAlreadyExistsError:
                 pass
         if created:
+            _wait_until_described(admin, created, settings.partitions)
             log.info(
                 "created topics %s with %d partitions, replication %d, min.insync.replicas %d",
                 ", ".join(created),
@@ -81,6 +85,26 @@ def ensure_topics(settings: Settings, names: tuple[str, ...] | None = None) -> l
         return created
     finally:
         admin.close()
+
+
+def _wait_until_described(admin: KafkaAdminClient, topics: list[str], partitions: int) -> None:
+    """Wait until the brokers' metadata shows every partition of new topics with
+    a leader: Kafka acknowledges a creation before every broker knows of it,
+    and a client asking another broker right after would see no partitions."""
+    deadline = time.monotonic() + _DESCRIBE_TIMEOUT_S
+    while True:
+        try:
+            described = admin.describe_topics(topics)
+            if all(
+                len(t["partitions"]) == partitions and all(p["leader_id"] >= 0 for p in t["partitions"])
+                for t in described
+            ):
+                return
+        except KafkaError:
+            pass
+        if time.monotonic() > deadline:
+            raise DependencyUnavailable(f"Kafka created {', '.join(topics)} but did not show their partitions")
+        time.sleep(0.1)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
