@@ -16,6 +16,7 @@ exception.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,6 +24,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import orjson
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -49,6 +51,7 @@ __all__ = [
     "PurchaseItem",
     "Rejection",
     "event_adapter",
+    "id_problem",
     "parse_event",
     "parse_event_obj",
 ]
@@ -56,25 +59,76 @@ __all__ = [
 SCHEMA_VERSION = 1
 MAX_EVENT_BYTES = 64 * 1024
 
-Id = Annotated[str, Field(min_length=1, max_length=128, strict=True)]
-Money = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]
+MAX_ID_CHARS = 128
+# Every number the contract accepts is bounded, so no fold downstream can overflow
+# (1e308 * 100 cents is inf): money in the currency's major unit, item quantities.
+MAX_AMOUNT = 1e12
+MAX_QUANTITY = 100_000
+# Event time: epoch ms from 1970 up to the year 5138, whichever form `ts` takes.
+MAX_EPOCH_MS = 10**14
+
+# C0/C1 control characters (a terminal escape among them) and lone surrogates (what
+# undecodable bytes become in argv) have no place in an id.
+_ID_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def id_problem(text: str) -> str | None:
+    """Why `text` is not a valid id (user_id, event_id, ...), or None: the one rule for every edge.
+
+    >>> id_problem("u00042") is None
+    True
+    >>> id_problem("   ")
+    'is blank'
+    >>> id_problem("probe-\\udcff")
+    'holds a control character or undecodable byte at position 6'
+    """
+    if not text or text.isspace():
+        return "is blank" if text else "is empty"
+    if len(text) > MAX_ID_CHARS:
+        return f"has {len(text)} characters, more than {MAX_ID_CHARS}"
+    bad = _ID_FORBIDDEN.search(text)
+    if bad is not None:
+        return f"holds a control character or undecodable byte at position {bad.start()}"
+    return None
+
+
+def _valid_id(v: str) -> str:
+    problem = id_problem(v)
+    if problem is not None:
+        raise PydanticCustomError("invalid_value", "id {problem}", {"problem": problem})
+    return v
+
+
+Id = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_ID_CHARS,
+        strict=True,
+        description="not blank, no control characters",
+        # JSON Schema's pattern: at least one non-space character, no C0/C1 control character.
+        json_schema_extra={"pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*\\S[^\\u0000-\\u001f\\u007f-\\u009f]*$"},
+    ),
+    AfterValidator(_valid_id),
+]
+Money = Annotated[float, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False, strict=True)]
 
 
 def _to_epoch_ms(v: Any) -> int:
     # JSON true/1.5 must not sneak in as a timestamp, nor a time without offset.
     if isinstance(v, bool) or not isinstance(v, int | str):
         raise PydanticCustomError("wrong_type", "ts must be an RFC 3339 string with offset or integer epoch ms")
-    if isinstance(v, int):
-        if not 0 <= v < 10**14:
-            raise PydanticCustomError("invalid_value", "epoch ms out of range")
-        return v
-    try:
-        parsed = datetime.fromisoformat(v)
-    except ValueError:
-        raise PydanticCustomError("invalid_value", "ts is not an RFC 3339 timestamp") from None
-    if parsed.tzinfo is None:
-        raise PydanticCustomError("invalid_value", "ts has no UTC offset")
-    return int(parsed.timestamp() * 1000)
+    if isinstance(v, str):
+        try:
+            parsed = datetime.fromisoformat(v)
+        except ValueError:
+            raise PydanticCustomError("invalid_value", "ts is not an RFC 3339 timestamp") from None
+        if parsed.tzinfo is None:
+            raise PydanticCustomError("invalid_value", "ts has no UTC offset")
+        v = int(parsed.timestamp() * 1000)
+    if not 0 <= v < MAX_EPOCH_MS:
+        raise PydanticCustomError("invalid_value", "ts out of range (1970 to epoch ms 10^14)")
+    return v
 
 
 Timestamp = Annotated[
@@ -131,7 +185,7 @@ class PurchaseItem(BaseModel):
     item_id: Id
     category: Annotated[str, Field(max_length=128)] | None = None
     price: Money
-    quantity: Annotated[int, Field(ge=1, strict=True)] = 1
+    quantity: Annotated[int, Field(ge=1, le=MAX_QUANTITY, strict=True)] = 1
 
 
 class PurchaseEvent(_Envelope):

@@ -1,27 +1,99 @@
-"""Logging set-up with redaction: phone numbers and tokens never reach a log.
+"""Logging set-up with redaction: phone numbers, tokens and secrets never reach a log.
 
->>> redact("sms to +447911123456 token=abcdef0123456789abcdef")
-'sms to +44*******456 token=***'
+Redaction is by field first: wherever an event (or any JSON from outside) is
+shown, `redact_event` masks the values of the fields the contract marks
+sensitive, whatever they look like. The log filter's pattern pass (`redact`)
+is the safety net for free text.
+
+>>> redact_event({"type": "profile_update", "phone": "+1234567", "push_token": "abc"})
+{'type': 'profile_update', 'phone': '+1*****67', 'push_token': '***'}
+>>> redact("sms to +447911123456, {'push_token': 'abcdef'}")
+"sms to +4*****56, {'push_token': '***'}"
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["RedactingFilter", "display_url", "redact", "setup_logging"]
+import orjson
 
-_PHONE = re.compile(r"\+(\d{2})\d{4,10}(\d{3})\b")
+__all__ = [
+    "SENSITIVE_FIELDS",
+    "RedactingFilter",
+    "display_url",
+    "mask_phone",
+    "redact",
+    "redact_event",
+    "redact_line",
+    "setup_logging",
+]
+
+# Field names whose values are personal data or credentials, in events and settings alike.
+SENSITIVE_FIELDS = frozenset(
+    {"phone", "push_token", "token", "api_key", "apikey", "password", "secret", "authorization", "email"}
+)
+_MASK = "***"
+
+# A phone number as the contract allows it (E.164: + and 7 to 15 digits), possibly
+# spaced or dashed in free text; digits glued to letters or more digits are not one.
+_PHONE = re.compile(r"(?<![\w+])\+\d(?:[ \-.]?\d){6,14}(?![\w])")
 _SECRET = re.compile(
-    r"(?i)\b(token|api[_-]?key|push_token|password|secret|authorization)(\"?\s*[:=]\s*\"?)([^\s\"',}]+)"
+    r"(?i)(?P<name>\b(?:push_token|token|api[_-]?key|password|secret|authorization|phone|email)\b)"
+    r"(?P<sep>[\"']?\s*[:=]\s*)(?P<quote>[\"']?)(?P<value>(?:Bearer\s+|Basic\s+)?[^\s\"',}]+)"
 )
 
 
+def mask_phone(phone: str) -> str:
+    """Keep the first digit (the start of the country code) and the last two; hide the length too.
+
+    >>> mask_phone("+447911123456")
+    '+4*****56'
+    """
+    digits = [c for c in phone if c.isdigit()]
+    if len(digits) < 5:
+        return _MASK
+    return f"+{digits[0]}*****{''.join(digits[-2:])}"
+
+
+def _mask(name: str, value: Any) -> Any:
+    if name == "phone" and isinstance(value, str):
+        return mask_phone(value)
+    return _MASK if value not in (None, "") else value
+
+
+def redact_event(obj: Any) -> Any:
+    """A copy of a decoded JSON value with every sensitive field's value masked, at any depth."""
+    if isinstance(obj, dict):
+        return {
+            k: _mask(k.lower(), v) if isinstance(k, str) and k.lower() in SENSITIVE_FIELDS else redact_event(v)
+            for k, v in obj.items()
+        }
+    if isinstance(obj, list):
+        return [redact_event(v) for v in obj]
+    return obj
+
+
+def redact_line(raw: bytes | str, limit: int = 200) -> str:
+    """A raw input line (an event, usually) fit for a message: fields masked, then cut to `limit` characters.
+
+    A line that is not JSON gets the pattern pass; undecodable bytes show as \\x.. escapes.
+    """
+    text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
+    try:
+        shown = orjson.dumps(redact_event(orjson.loads(text))).decode()
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError, TypeError):
+        shown = text
+    shown = redact(shown)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
 def redact(text: str) -> str:
-    """Mask phone numbers (keep country code and last 3 digits) and secrets."""
-    text = _PHONE.sub(lambda m: f"+{m.group(1)}*******{m.group(2)}", text)
-    return _SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
+    """Mask phone numbers and `name=value` / `"name": "value"` secrets in free text."""
+    text = _SECRET.sub(lambda m: f"{m['name']}{m['sep']}{m['quote']}{_MASK}", text)
+    return _PHONE.sub(lambda m: mask_phone(m.group(0)), text)
 
 
 def display_url(url: str) -> str:
@@ -29,22 +101,30 @@ def display_url(url: str) -> str:
 
     >>> display_url("redis://:s3cret@cache:6379/0")
     'redis://***@cache:6379/0'
+    >>> display_url("kafka1:9092,kafka2:9092")
+    'kafka1:9092,kafka2:9092'
     """
-    parts = urlsplit(url)
-    if parts.password is None and parts.username is None:
+    try:
+        parts = urlsplit(url)
+        secret = parts.password is not None or parts.username is not None
+    except ValueError:  # e.g. a bad port: show no more than the scheme
+        return url.split("://", 1)[0] + "://***" if "@" in url else url
+    if not secret:
         return url
     host = parts.netloc.rsplit("@", 1)[1]
     return urlunsplit(parts._replace(netloc=f"***@{host}"))
 
 
 class RedactingFilter(logging.Filter):
-    """Rewrites every record's message through `redact`."""
+    """Rewrites every record's message (and exception text) through `redact`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         cleaned = redact(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
         return True
 
 
