@@ -6,6 +6,7 @@ module is imported only when it runs, so `nudge bench produce` does not load
 the stream worker that `nudge bench pipeline` needs.
 
 - produce   raw Kafka ceiling vs simulator -> Kafka vs replay -> Kafka (bench/produce.py)
+- collect   the HTTP collector against the raw producer rate (bench/collect.py)
 - pipeline  end-to-end events -> Redis state throughput and latency (bench/pipeline.py)
 """
 
@@ -23,6 +24,7 @@ __all__ = ["BENCHMARKS", "configure", "run"]
 # name -> (module, one-line summary)
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "produce": ("bench.produce", "events/s into Kafka: raw client ceiling, simulator, replay"),
+    "collect": ("bench.collect", "HTTP collector: events/s and latency by batch size and clients, vs raw producer"),
     "pipeline": ("bench.pipeline", "events -> worker -> Redis: throughput and end-to-end latency"),
 }
 

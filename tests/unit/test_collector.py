@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from nudge.errors import DeliveryError
 from nudge.settings import Settings
 from producers import collector
-from producers.collector import check_batch, create_app
+from producers.collector import Outbound, check_batch, create_app
 
 TS = 1_700_000_000_000
 JSON = {"Content-Type": "application/json"}
@@ -59,11 +59,11 @@ class FakeProducer:
         self.sent: list[tuple[str, bytes, bytes]] = []
         self.problem: str | None = None
 
-    def submit(self, topic: str, value: bytes, key: bytes) -> concurrent.futures.Future[None]:
+    def submit(self, messages: Sequence[Outbound]) -> concurrent.futures.Future[None]:
         if self.mode == "refuse":
-            raise DeliveryError(f"cannot queue a message for {topic}: KafkaTimeoutError")
+            raise DeliveryError(f"cannot queue a message for {messages[0].topic}: KafkaTimeoutError")
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self.sent.append((topic, key, value))
+        self.sent.extend((m.topic, m.key, m.value) for m in messages)
         if self.mode == "ack":
             future.set_result(None)
         elif self.mode == "fail":
