@@ -98,6 +98,17 @@ class Settings:
     )
     collector_max_body_bytes: int = _setting(1024 * 1024, "NUDGE_COLLECTOR_MAX_BODY_BYTES", "largest request body")
     collector_max_batch: int = _setting(500, "NUDGE_COLLECTOR_MAX_BATCH", "most events in one request")
+    collector_idle_timeout_s: float = _setting(
+        15.0,
+        "NUDGE_COLLECTOR_IDLE_TIMEOUT_S",
+        "a connection is closed when a request's headers are not complete this long after it opened or after the last answer",
+    )
+    collector_body_timeout_s: float = _setting(
+        15.0, "NUDGE_COLLECTOR_BODY_TIMEOUT_S", "longest time to receive a request's body once its headers arrived (408)"
+    )
+    collector_max_in_flight: int = _setting(
+        512, "NUDGE_COLLECTOR_MAX_IN_FLIGHT", "requests handled at once; beyond it 503 with Retry-After"
+    )
 
     # --- stream worker -----------------------------------------------------
     app_id: str = _setting("nudge", "NUDGE_APP_ID", "Faust app id: consumer group and prefix of internal topics")
