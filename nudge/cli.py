@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from nudge.errors import NudgeError
+from nudge.errors import NudgeError, UsageError
 from nudge.logs import setup_logging
 from nudge.settings import Settings
+from nudge.text import printable
 
 __all__ = ["COMMANDS", "OneLineParser", "main", "settings_epilog"]
 
@@ -40,7 +42,8 @@ class OneLineParser(argparse.ArgumentParser):
     """Bad arguments get one clear line and exit status 2, not a usage dump."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        # argparse quotes the bad argument; it may still hold a terminal escape or an undecodable byte.
+        self.exit(2, f"{self.prog}: error: {printable(message)} (see --help)\n")
 
 
 def settings_epilog(*names: str) -> str:
@@ -49,8 +52,8 @@ def settings_epilog(*names: str) -> str:
     lines = ["settings (env vars):"]
     for name in names:
         d = decls[name]
-        default = "" if d.secret else f" [default: {d.default}]" if d.default != "" else " [default: derived]"
-        lines.append(f"  {d.env:34} {d.help}{default}")
+        default = "" if d.secret else f"default: {d.default}; " if d.default != "" else "default: derived; "
+        lines.append(f"  {d.env:34} {d.help} [{default}allowed: {d.allowed}]")
     return "\n".join(lines)
 
 
@@ -88,12 +91,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         return func(args, settings)
+    except UsageError as exc:
+        return _fail(ns.command, str(exc), 2)
     except NudgeError as exc:
-        print(f"nudge {ns.command}: error: {exc}", file=sys.stderr)
+        return _fail(ns.command, str(exc), 1)
+    except BrokenPipeError:
+        # The reader went away (`nudge settings | head -1`): stop quietly, and point
+        # stdout at /dev/null so the interpreter's final flush does not fail too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except OSError as exc:
+        # A file operation nobody checked ahead (every command checks its paths first):
+        # one line naming the file, not a traceback. Other OSErrors are bugs and propagate.
+        if exc.filename is None:
+            raise
+        names = " -> ".join(str(name) for name in (exc.filename, exc.filename2) if name is not None)
+        return _fail(ns.command, f"{names}: {exc.strerror or exc}", 1)
     except KeyboardInterrupt:
         print(f"nudge {ns.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _fail(command: str, message: str, status: int) -> int:
+    """One line on stderr: no control characters, no line breaks, whatever the message holds."""
+    print(f"nudge {command}: error: {printable(message)}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,6 +2,7 @@
 
 NudgeError                      root: catch this at the CLI edge
 ├── ConfigError                 a setting or CLI argument is invalid
+│   └── UsageError              an argument conflicts with the settings (exit status 2, like argparse)
 ├── StackError                  the local Kafka/Redis stack cannot start or stop
 ├── DependencyUnavailable       Kafka or Redis cannot be reached (names the address)
 ├── DeliveryError               a message could not be produced to Kafka
@@ -20,6 +21,7 @@ __all__ = [
     "InputError",
     "NudgeError",
     "StackError",
+    "UsageError",
 ]
 
 
@@ -29,6 +31,10 @@ class NudgeError(Exception):
 
 class ConfigError(NudgeError):
     """A setting or a command-line argument is invalid."""
+
+
+class UsageError(ConfigError):
+    """A command-line argument is invalid given the settings (checked before any work starts)."""
 
 
 class StackError(NudgeError):

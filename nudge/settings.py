@@ -9,19 +9,159 @@ them (a test keeps it in sync).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
+from urllib.parse import urlsplit
 
 from nudge.errors import ConfigError
+from nudge.logs import display_url
+from nudge.text import printable
 
-__all__ = ["Setting", "Settings"]
+__all__ = ["Rule", "Setting", "Settings"]
+
+_DAY_MS: Final = 86_400_000
+_MIB: Final = 1024 * 1024
 
 
-def _setting(default: Any, env: str, help: str, secret: bool = False) -> Any:
-    return field(default=default, metadata={"env": env, "help": help, "secret": secret})
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """What a setting accepts: `problem(value)` says why a value is refused (None: accepted),
+    `allowed` says in a few words what is accepted (shown by `--help`, `nudge settings`, errors)."""
+
+    allowed: str
+    problem: Callable[[Any], str | None]
+    show: Callable[[Any], str] = repr  # how an error message shows a refused value
+
+
+def between(low: float, high: float, unit: str = "") -> Rule:
+    """A number in low..high (both included); NaN and infinities are refused."""
+
+    def problem(value: Any) -> str | None:
+        if isinstance(value, float) and not math.isfinite(value):
+            return "is not a finite number"
+        return None if low <= value <= high else "is out of range"
+
+    def text(x: float) -> str:
+        return str(x) if isinstance(x, int) else f"{x:g}"
+
+    return Rule(f"{text(low)}..{text(high)}{unit}", problem, show=str)
+
+
+def _text_problem(value: str) -> str | None:
+    if printable(value) != value:
+        return "holds a control character or undecodable byte"
+    return None
+
+
+def matching(pattern: str, allowed: str, *, max_len: int, min_len: int = 1) -> Rule:
+    """A string that fully matches `pattern`, min_len..max_len characters."""
+    compiled = re.compile(pattern)
+
+    def problem(value: str) -> str | None:
+        if not min_len <= len(value) <= max_len:
+            return f"has {len(value)} characters, not {min_len}..{max_len}"
+        return None if compiled.fullmatch(value) else "is not allowed"
+
+    return Rule(allowed, problem)
+
+
+def one_of(*choices: str) -> Rule:
+    return Rule(" or ".join(choices), lambda value: None if value in choices else "is not allowed")
+
+
+def _topic_problem(value: str) -> str | None:
+    if value in (".", ".."):
+        return "is not allowed"
+    if not 1 <= len(value) <= 249:
+        return f"has {len(value)} characters, not 1..249"
+    return None if re.fullmatch(r"[a-zA-Z0-9._-]+", value) else "holds a character Kafka refuses in a topic name"
+
+
+# Kafka's own rule for topic names (and so for the app id, a prefix of internal topics).
+TOPIC = Rule("a Kafka topic name: 1..249 of a-z A-Z 0-9 . _ - (not . or ..)", _topic_problem)
+APP_ID = Rule(
+    "1..100 of a-z A-Z 0-9 . _ - (prefix of Kafka topics; not . or ..)",
+    lambda value: "has more than 100 characters" if len(value) > 100 else _topic_problem(value),
+)
+# Redis keys may hold anything, but braces would change Cluster hash slots and spaces break every CLI.
+KEY_PREFIX = matching(r"[!-z|~]+", "1..64 visible ASCII characters, no spaces or braces", max_len=64)
+HOST = matching(r"[A-Za-z0-9.:_-]+", "a host name or IP address", max_len=253)
+HEAP = matching(r"[1-9][0-9]*[kKmMgG]?", "a JVM size such as 512m or 2g", max_len=12)
+API_KEY = Rule(
+    "empty, or up to 256 visible ASCII characters (sent as an HTTP header)",
+    lambda value: None if re.fullmatch(r"[!-~]{0,256}", value) else "is not allowed",
+)
+_HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(?P<port>[0-9]{1,5})")
+
+
+def _bootstrap_problem(value: str) -> str | None:
+    if value == "":
+        return None
+    for server in value.split(","):
+        m = _HOST_PORT.fullmatch(server.strip())
+        if m is None:
+            return f"has {server.strip()!r}, not host:port"
+        if not 1 <= int(m["port"]) <= 65535:
+            return f"has port {m['port']}, not 1..65535"
+    return None
+
+
+BOOTSTRAP = Rule("host:port[,host:port...]", _bootstrap_problem)
+REDIS_SCHEMES: Final = ("redis", "rediss", "unix", "memory")
+
+
+def _redis_url_problem(value: str) -> str | None:
+    if value == "":
+        return None
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        return f"does not parse ({exc})"
+    if parts.scheme not in REDIS_SCHEMES:
+        return f"has scheme {parts.scheme!r}" if parts.scheme else "has no scheme"
+    if parts.scheme in ("redis", "rediss") and not parts.hostname:
+        return "has no host"
+    if parts.scheme == "unix" and not parts.path:
+        return "has no socket path"
+    return None
+
+
+REDIS_URL = Rule(
+    "redis://[:password@]host:port/db, rediss://..., unix:///path or memory://",
+    _redis_url_problem,
+    show=lambda value: repr(display_url(value)),
+)
+PATH = Rule("a path without control characters", lambda value: _text_problem(str(value)), show=lambda v: repr(str(v)))
+BOOL = Rule("true or false (or 1/0, yes/no)", lambda value: None)
+_TYPES: Final[dict[str, type]] = {"int": int, "float": float, "str": str, "Path": Path, "bool": bool}
+_TYPE_NAMES: Final = {int: "an integer", float: "a number", str: "text", Path: "a path", bool: "true or false"}
+
+
+def _check(f: dataclasses.Field[Any], value: Any) -> None:
+    """Raise ConfigError, one line naming the env var, unless `value` is of the field's type and obeys its rule."""
+    env, rule = f.metadata["env"], f.metadata["rule"]
+    kind = _TYPES[str(f.type)]
+    if kind is float:
+        typed = isinstance(value, int | float) and not isinstance(value, bool)
+    else:
+        typed = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+    if not typed:
+        raise ConfigError(f"{env}: expected {_TYPE_NAMES[kind]} ({rule.allowed}), got {type(value).__name__}")
+    problem = _text_problem(value) if kind is str else None
+    problem = problem or rule.problem(value)
+    if problem:
+        shown = "***" if f.metadata["secret"] else rule.show(value)
+        raise ConfigError(f"{env}={shown} {problem}: expected {rule.allowed}")
+
+
+def _setting(default: Any, env: str, help: str, rule: Rule, secret: bool = False) -> Any:
+    return field(default=default, metadata={"env": env, "help": help, "rule": rule, "secret": secret})
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,133 +173,207 @@ class Setting:
     help: str
     default: Any
     secret: bool
+    allowed: str
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """All of nudge's settings. Every name, port and threshold is a setting (docs/contracts.md lists the contracts they configure)."""
+    """All of nudge's settings. Every name, port and threshold is a setting (docs/contracts.md lists the contracts they configure).
+
+    Each declaration carries the `Rule` of the values it accepts; `__post_init__`
+    checks every one, so a bad env var fails at start, in one line naming it."""
 
     # --- local stack -------------------------------------------------------
-    data_dir: Path = _setting(Path(".nudge"), "NUDGE_DATA_DIR", "where the local stack keeps data, logs and pid files")
+    data_dir: Path = _setting(
+        Path(".nudge"), "NUDGE_DATA_DIR", "where the local stack keeps data, logs and pid files", PATH
+    )
     kafka_brokers: int = _setting(
-        1, "NUDGE_KAFKA_BROKERS", "KRaft nodes (broker+controller) the local stack runs, 1..9"
+        1, "NUDGE_KAFKA_BROKERS", "KRaft nodes (broker+controller) the local stack runs", between(1, 9)
     )
-    kafka_port: int = _setting(9092, "NUDGE_KAFKA_PORT", "local broker's client port (node i: kafka_port+i-1)")
+    kafka_port: int = _setting(
+        9092, "NUDGE_KAFKA_PORT", "local broker's client port (node i: kafka_port+i-1)", between(1, 65535)
+    )
     kafka_controller_port: int = _setting(
-        9192, "NUDGE_KAFKA_CONTROLLER_PORT", "local broker's KRaft controller port (node i: +i-1)"
+        9192, "NUDGE_KAFKA_CONTROLLER_PORT", "local broker's KRaft controller port (node i: +i-1)", between(1, 65535)
     )
-    kafka_heap: str = _setting("512m", "NUDGE_KAFKA_HEAP", "JVM heap of each local broker (-Xmx/-Xms)")
-    redis_port: int = _setting(6379, "NUDGE_REDIS_PORT", "local Redis port (cluster node i: redis_port+i-1)")
+    kafka_heap: str = _setting("512m", "NUDGE_KAFKA_HEAP", "JVM heap of each local broker (-Xmx/-Xms)", HEAP)
+    redis_port: int = _setting(
+        6379, "NUDGE_REDIS_PORT", "local Redis port (cluster node i: redis_port+i-1)", between(1, 65535)
+    )
     redis_cluster: bool = _setting(
-        False, "NUDGE_REDIS_CLUSTER", "Redis Cluster: the stack runs a cluster, clients use the cluster client"
+        False,
+        "NUDGE_REDIS_CLUSTER",
+        "Redis Cluster: the stack runs a cluster, clients use the cluster client",
+        BOOL,
     )
-    redis_cluster_nodes: int = _setting(3, "NUDGE_REDIS_CLUSTER_NODES", "masters of the local Redis Cluster, 3..9")
+    redis_cluster_nodes: int = _setting(
+        3, "NUDGE_REDIS_CLUSTER_NODES", "masters of the local Redis Cluster", between(3, 9)
+    )
 
     # --- connections -------------------------------------------------------
     kafka_bootstrap: str = _setting(
-        "", "NUDGE_KAFKA_BOOTSTRAP", "Kafka bootstrap servers (default: every local broker, 127.0.0.1:<kafka_port>,...)"
+        "",
+        "NUDGE_KAFKA_BOOTSTRAP",
+        "Kafka bootstrap servers (default: every local broker, 127.0.0.1:<kafka_port>,...)",
+        BOOTSTRAP,
     )
     redis_url: str = _setting(
-        "", "NUDGE_REDIS_URL", "Redis URL, any node of a cluster (default redis://127.0.0.1:<redis_port>/0)"
+        "", "NUDGE_REDIS_URL", "Redis URL, any node of a cluster (default redis://127.0.0.1:<redis_port>/0)", REDIS_URL
     )
 
     # --- topics ------------------------------------------------------------
-    topic_clicks: str = _setting("clicks", "NUDGE_TOPIC_CLICKS", "input topic of click events")
-    topic_purchases: str = _setting("purchases", "NUDGE_TOPIC_PURCHASES", "input topic of purchase events")
-    topic_app_events: str = _setting("app-events", "NUDGE_TOPIC_APP_EVENTS", "input topic of app events")
-    topic_dlq: str = _setting("dlq", "NUDGE_TOPIC_DLQ", "dead-letter topic: bad input with its reason")
-    topic_rekeyed: str = _setting("nudge-rekeyed", "NUDGE_TOPIC_REKEYED", "internal topic: events re-keyed by user_id")
-    partitions: int = _setting(6, "NUDGE_PARTITIONS", "partition count of every topic nudge creates")
+    topic_clicks: str = _setting("clicks", "NUDGE_TOPIC_CLICKS", "input topic of click events", TOPIC)
+    topic_purchases: str = _setting("purchases", "NUDGE_TOPIC_PURCHASES", "input topic of purchase events", TOPIC)
+    topic_app_events: str = _setting("app-events", "NUDGE_TOPIC_APP_EVENTS", "input topic of app events", TOPIC)
+    topic_dlq: str = _setting("dlq", "NUDGE_TOPIC_DLQ", "dead-letter topic: bad input with its reason", TOPIC)
+    topic_rekeyed: str = _setting(
+        "nudge-rekeyed", "NUDGE_TOPIC_REKEYED", "internal topic: events re-keyed by user_id", TOPIC
+    )
+    partitions: int = _setting(6, "NUDGE_PARTITIONS", "partition count of every topic nudge creates", between(1, 1024))
     replication: int = _setting(
-        0, "NUDGE_REPLICATION", "replication factor of every topic nudge creates (0: min(3, NUDGE_KAFKA_BROKERS))"
+        0,
+        "NUDGE_REPLICATION",
+        "replication factor of every topic nudge creates (0: min(3, NUDGE_KAFKA_BROKERS))",
+        between(0, 16),
     )
     min_insync_replicas: int = _setting(
-        0, "NUDGE_MIN_INSYNC_REPLICAS", "min.insync.replicas of topics and brokers (0: 2 if replication >= 3, else 1)"
+        0,
+        "NUDGE_MIN_INSYNC_REPLICAS",
+        "min.insync.replicas of topics and brokers (0: 2 if replication >= 3, else 1)",
+        between(0, 16),
     )
     max_message_bytes: int = _setting(
-        4 * 1024 * 1024,
+        4 * _MIB,
         "NUDGE_MAX_MESSAGE_BYTES",
         "largest Kafka message accepted (so oversized input still reaches the DLQ)",
+        between(64 * 1024, 256 * _MIB, " bytes"),
     )
 
     # --- events ------------------------------------------------------------
     max_event_bytes: int = _setting(
-        64 * 1024, "NUDGE_MAX_EVENT_BYTES", "larger events are rejected (the event contract: 64 KiB)"
+        64 * 1024,
+        "NUDGE_MAX_EVENT_BYTES",
+        "larger events are rejected (the event contract: 64 KiB)",
+        between(256, 16 * _MIB, " bytes"),
     )
     max_future_ms: int = _setting(
-        7 * 86_400_000, "NUDGE_MAX_FUTURE_MS", "events further in the future than this are rejected"
+        7 * _DAY_MS,
+        "NUDGE_MAX_FUTURE_MS",
+        "events further in the future than this are rejected",
+        between(0, 365 * _DAY_MS, " ms (365 days)"),
     )
 
     # --- collector ---------------------------------------------------------
-    collector_host: str = _setting("127.0.0.1", "NUDGE_COLLECTOR_HOST", "HTTP collector bind address")
-    collector_port: int = _setting(8088, "NUDGE_COLLECTOR_PORT", "HTTP collector port")
+    collector_host: str = _setting("127.0.0.1", "NUDGE_COLLECTOR_HOST", "HTTP collector bind address", HOST)
+    collector_port: int = _setting(8088, "NUDGE_COLLECTOR_PORT", "HTTP collector port", between(1, 65535))
     collector_api_key: str = _setting(
-        "", "NUDGE_COLLECTOR_API_KEY", "API key clients send as X-Api-Key (empty: no auth)", secret=True
+        "", "NUDGE_COLLECTOR_API_KEY", "API key clients send as X-Api-Key (empty: no auth)", API_KEY, secret=True
     )
-    collector_max_body_bytes: int = _setting(1024 * 1024, "NUDGE_COLLECTOR_MAX_BODY_BYTES", "largest request body")
-    collector_max_batch: int = _setting(500, "NUDGE_COLLECTOR_MAX_BATCH", "most events in one request")
+    collector_max_body_bytes: int = _setting(
+        _MIB, "NUDGE_COLLECTOR_MAX_BODY_BYTES", "largest request body", between(256, 256 * _MIB, " bytes")
+    )
+    collector_max_batch: int = _setting(
+        500, "NUDGE_COLLECTOR_MAX_BATCH", "most events in one request", between(1, 100_000)
+    )
     collector_idle_timeout_s: float = _setting(
         15.0,
         "NUDGE_COLLECTOR_IDLE_TIMEOUT_S",
         "a connection is closed when a request's headers are not complete this long after it opened or after the last answer",
+        between(0.01, 3600.0, " s"),
     )
     collector_body_timeout_s: float = _setting(
-        15.0, "NUDGE_COLLECTOR_BODY_TIMEOUT_S", "longest time to receive a request's body once its headers arrived (408)"
+        15.0,
+        "NUDGE_COLLECTOR_BODY_TIMEOUT_S",
+        "longest time to receive a request's body once its headers arrived (408)",
+        between(0.01, 3600.0, " s"),
     )
     collector_max_in_flight: int = _setting(
-        512, "NUDGE_COLLECTOR_MAX_IN_FLIGHT", "requests handled at once; beyond it 503 with Retry-After"
+        512,
+        "NUDGE_COLLECTOR_MAX_IN_FLIGHT",
+        "requests handled at once; beyond it 503 with Retry-After",
+        between(1, 100_000),
     )
 
     # --- stream worker -----------------------------------------------------
-    app_id: str = _setting("nudge", "NUDGE_APP_ID", "Faust app id: consumer group and prefix of internal topics")
-    store: str = _setting("memory://", "NUDGE_STORE", "table store: memory:// (changelog recovery) or rocksdb://")
-    worker_metrics_port: int = _setting(6066, "NUDGE_WORKER_METRICS_PORT", "worker's Prometheus /metrics port")
-    gc_full_every_s: float = _setting(
-        600.0, "NUDGE_GC_FULL_EVERY_S", "seconds between full garbage collections (streams/pauses.py); 0: never freeze"
+    app_id: str = _setting(
+        "nudge", "NUDGE_APP_ID", "Faust app id: consumer group and prefix of internal topics", APP_ID
     )
-    batch_max: int = _setting(5000, "NUDGE_BATCH_MAX", "most events folded per batch (one Redis pipeline each)")
+    store: str = _setting(
+        "memory://",
+        "NUDGE_STORE",
+        "table store: memory:// (changelog recovery) or rocksdb:// (local state kept)",
+        one_of("memory://", "rocksdb://"),
+    )
+    worker_metrics_port: int = _setting(
+        6066, "NUDGE_WORKER_METRICS_PORT", "worker's Prometheus /metrics port", between(1, 65535)
+    )
+    gc_full_every_s: float = _setting(
+        600.0,
+        "NUDGE_GC_FULL_EVERY_S",
+        "seconds between full garbage collections (streams/pauses.py); 0: never freeze",
+        between(0.0, 86_400.0, " s"),
+    )
+    batch_max: int = _setting(
+        5000, "NUDGE_BATCH_MAX", "most events folded per batch (one Redis pipeline each)", between(1, 1_000_000)
+    )
     batch_within_s: float = _setting(
         0.0,
         "NUDGE_BATCH_WITHIN_S",
         "longest wait for more events once a batch has one, seconds (0: take what is queued; batches grow with load)",
+        between(0.0, 60.0, " s"),
     )
     changelog_flush_s: float = _setting(
         0.2,
         "NUDGE_CHANGELOG_FLUSH_S",
         "changelog written (and offsets acknowledged) at most this long after Redis; one entry per user per flush",
+        between(0.0, 60.0, " s"),
     )
     grace_ms: int = _setting(
-        3_600_000, "NUDGE_GRACE_MS", "out-of-order events within this of the user's latest still land in their windows"
+        3_600_000,
+        "NUDGE_GRACE_MS",
+        "out-of-order events within this of the user's latest still land in their windows",
+        between(0, 30 * _DAY_MS, " ms (30 days)"),
     )
     dedup_horizon_ms: int = _setting(
-        7 * 86_400_000,
+        7 * _DAY_MS,
         "NUDGE_DEDUP_HORIZON_MS",
         "event ids are remembered this long (event time); older events are rejected",
+        between(60_000, 365 * _DAY_MS, " ms (1 min..365 days)"),
     )
-    dedup_max_ids: int = _setting(4096, "NUDGE_DEDUP_MAX_IDS", "most event ids remembered per user")
+    dedup_max_ids: int = _setting(
+        4096, "NUDGE_DEDUP_MAX_IDS", "most event ids remembered per user", between(1, 1_000_000)
+    )
 
     # --- Redis state -------------------------------------------------------
-    user_key_prefix: str = _setting("user:", "NUDGE_USER_KEY_PREFIX", "prefix of the per-user hash")
+    user_key_prefix: str = _setting("user:", "NUDGE_USER_KEY_PREFIX", "prefix of the per-user hash", KEY_PREFIX)
     changes_stream: str = _setting(
         "nudge:changes",
         "NUDGE_CHANGES_STREAM",
         "prefix of the Redis streams of user ids whose state changed: <prefix>:{0}, <prefix>:{1}, ...",
+        KEY_PREFIX,
     )
     changes_shards: int = _setting(
         0,
         "NUDGE_CHANGES_SHARDS",
         "changes streams; a user always in shard crc32(user_id) % shards (0: 1 on one Redis, 16 on a cluster)",
+        between(0, 1024),
     )
     changes_maxlen: int = _setting(
-        1_000_000, "NUDGE_CHANGES_MAXLEN", "approximate cap of each changes stream (0: no changes streams)"
+        1_000_000,
+        "NUDGE_CHANGES_MAXLEN",
+        "approximate cap of each changes stream (0: no changes streams)",
+        between(0, 1_000_000_000),
     )
-    state_ttl_s: int = _setting(90 * 86_400, "NUDGE_STATE_TTL_S", "TTL of a user's hash after its last write, seconds")
+    state_ttl_s: int = _setting(
+        90 * 86_400,
+        "NUDGE_STATE_TTL_S",
+        "TTL of a user's hash after its last write, seconds",
+        between(60, 3650 * 86_400, " s (1 min..10 years)"),
+    )
 
     def __post_init__(self) -> None:
-        if not 1 <= self.kafka_brokers <= 9:
-            raise ConfigError(f"NUDGE_KAFKA_BROKERS={self.kafka_brokers}: the local stack runs 1..9 brokers")
-        if not 3 <= self.redis_cluster_nodes <= 9:
-            raise ConfigError(f"NUDGE_REDIS_CLUSTER_NODES={self.redis_cluster_nodes}: a Redis Cluster has 3..9 masters")
+        for f in dataclasses.fields(self):
+            _check(f, getattr(self, f.name))
         # Derived defaults: the connection strings follow the local ports, the
         # replication the local broker count (the stack is "known" when the
         # bootstrap servers are its own brokers).
@@ -171,21 +385,11 @@ class Settings:
             object.__setattr__(self, "redis_url", f"redis://127.0.0.1:{self.redis_port}/0")
         if self.changes_shards == 0:
             object.__setattr__(self, "changes_shards", 16 if self.redis_cluster else 1)
-        if not 0.0 <= self.changelog_flush_s <= 60.0:
-            raise ConfigError(f"NUDGE_CHANGELOG_FLUSH_S={self.changelog_flush_s}: 0..60 seconds")
-        if not 1 <= self.changes_shards <= 1024:
-            raise ConfigError(f"NUDGE_CHANGES_SHARDS={self.changes_shards}: 1..1024 changes streams")
         if self.replication == 0:
             object.__setattr__(self, "replication", min(3, self.kafka_brokers))
         if self.min_insync_replicas == 0:
             object.__setattr__(self, "min_insync_replicas", 2 if self.replication >= 3 else 1)
-        for name in ("kafka_port", "kafka_controller_port", "redis_port", "collector_port"):
-            port = getattr(self, name)
-            if not 0 < port < 65536:
-                raise ConfigError(f"{self._env(name)}={port}: a port is 1..65535")
         self._check_port_ranges()
-        if self.partitions < 1 or self.replication < 1:
-            raise ConfigError("NUDGE_PARTITIONS and NUDGE_REPLICATION must be at least 1")
         if not 1 <= self.min_insync_replicas <= self.replication:
             raise ConfigError(
                 f"NUDGE_MIN_INSYNC_REPLICAS={self.min_insync_replicas}: must be 1..NUDGE_REPLICATION ({self.replication})"
@@ -193,6 +397,11 @@ class Settings:
         if local and self.replication > self.kafka_brokers:
             raise ConfigError(
                 f"NUDGE_REPLICATION={self.replication} exceeds NUDGE_KAFKA_BROKERS={self.kafka_brokers} local brokers"
+            )
+        if self.max_event_bytes > self.max_message_bytes:
+            raise ConfigError(
+                f"NUDGE_MAX_EVENT_BYTES={self.max_event_bytes} exceeds NUDGE_MAX_MESSAGE_BYTES={self.max_message_bytes}: "
+                "an event must fit in a Kafka message"
             )
 
     def _check_port_ranges(self) -> None:
@@ -252,7 +461,8 @@ class Settings:
     @classmethod
     def declarations(cls) -> Iterator[Setting]:
         for f in dataclasses.fields(cls):
-            yield Setting(f.name, f.metadata["env"], f.metadata["help"], f.default, f.metadata["secret"])
+            meta = f.metadata
+            yield Setting(f.name, meta["env"], meta["help"], f.default, meta["secret"], meta["rule"].allowed)
 
     @classmethod
     def _env(cls, name: str) -> str:
@@ -263,20 +473,21 @@ class Settings:
         return {f.metadata["env"]: str(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     def redacted(self) -> dict[str, str]:
-        """Current values for display, secrets masked."""
+        """Current values for display: secrets masked, URLs without their credentials."""
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            out[f.metadata["env"]] = "***" if f.metadata["secret"] and value else str(value)
+            if f.metadata["secret"] and value:
+                out[f.metadata["env"]] = "***"
+            elif f.metadata["rule"] is REDIS_URL:
+                out[f.metadata["env"]] = display_url(value)
+            else:
+                out[f.metadata["env"]] = str(value)
         return out
 
 
 def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
-    kind = (
-        f.type
-        if isinstance(f.type, type)
-        else {"int": int, "float": float, "str": str, "Path": Path, "bool": bool}[str(f.type)]
-    )
+    kind = _TYPES[str(f.type)]
     try:
         if kind is bool:
             if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
@@ -284,4 +495,5 @@ def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
             return raw.lower() in ("1", "true", "yes")
         return kind(raw)
     except ValueError:
-        raise ConfigError(f"{f.metadata['env']}={raw!r} is not a valid {kind.__name__}") from None
+        env, rule = f.metadata["env"], f.metadata["rule"]
+        raise ConfigError(f"{env}={raw!r} is not {_TYPE_NAMES[kind]}: expected {rule.allowed}") from None

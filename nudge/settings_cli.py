@@ -16,6 +16,7 @@ import shlex
 from typing import Any
 
 from nudge.settings import Setting, Settings
+from nudge.text import printable
 
 __all__ = ["configure", "env_example", "format_default", "run", "settings_table"]
 
@@ -52,15 +53,15 @@ def env_example() -> str:
     blocks = [_HEADER]
     for decl in Settings.declarations():
         note = " (secret: set it outside version control)" if decl.secret else ""
-        blocks.append(f"# {decl.help}{note}\n{_env_line(decl)}\n")
+        blocks.append(f"# {decl.help}{note} [allowed: {decl.allowed}]\n{_env_line(decl)}\n")
     return "\n".join(blocks)
 
 
 def settings_table(settings: Settings) -> str:
-    """One row per setting: env var, current value (secrets masked), help."""
+    """One row per setting: env var, current value (secrets masked, URLs without credentials), help."""
     values = settings.redacted()
-    rows = [("ENV VAR", "VALUE", "HELP")]
-    rows += [(d.env, values[d.env], d.help) for d in Settings.declarations()]
+    rows = [("ENV VAR", "VALUE", "HELP [ALLOWED]")]
+    rows += [(d.env, printable(values[d.env]), f"{d.help} [{d.allowed}]") for d in Settings.declarations()]
     env_width = max(len(r[0]) for r in rows)
     # Long values (URLs) would push every help text off screen: cap the column, let outliers overflow.
     value_width = min(max(len(r[1]) for r in rows), 32)

@@ -312,3 +312,74 @@ def test_settings_command_reports_a_bad_variable(
     assert main(["settings"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("nudge settings: error:") and "NUDGE_REDIS_PORT" in err
+
+
+# --- every setting is checked when Settings is built -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "expected"),
+    [
+        ("NUDGE_STORE", "bogus", "expected memory:// or rocksdb://"),
+        ("NUDGE_COLLECTOR_MAX_BODY_BYTES", "-5", "out of range"),
+        ("NUDGE_COLLECTOR_MAX_BATCH", "0", "out of range"),
+        ("NUDGE_COLLECTOR_IDLE_TIMEOUT_S", "inf", "not a finite number"),
+        ("NUDGE_GC_FULL_EVERY_S", "nan", "not a finite number"),
+        ("NUDGE_CHANGELOG_FLUSH_S", "-0.5", "out of range"),
+        ("NUDGE_BATCH_MAX", "0", "out of range"),
+        ("NUDGE_STATE_TTL_S", "0", "out of range"),  # EXPIRE 0 deletes the hash as it is written
+        ("NUDGE_DEDUP_MAX_IDS", "-1", "out of range"),
+        ("NUDGE_MAX_FUTURE_MS", "99999999999999999", "out of range"),
+        ("NUDGE_PARTITIONS", "100000", "out of range"),
+        ("NUDGE_TOPIC_CLICKS", "my clicks", "Kafka refuses"),
+        ("NUDGE_TOPIC_DLQ", "..", "Kafka topic name"),
+        ("NUDGE_TOPIC_PURCHASES", "p" * 250, "not 1..249"),
+        ("NUDGE_APP_ID", "nudge/worker", "Kafka refuses"),
+        ("NUDGE_KAFKA_BOOTSTRAP", "localhost", "not host:port"),
+        ("NUDGE_KAFKA_BOOTSTRAP", "kafka:9092,kafka2:99999", "not 1..65535"),
+        ("NUDGE_REDIS_URL", "http://cache:6379", "scheme 'http'"),
+        ("NUDGE_REDIS_URL", "redis://cache:99999/0", "does not parse"),
+        ("NUDGE_USER_KEY_PREFIX", "user {x}:", "no spaces or braces"),
+        ("NUDGE_CHANGES_STREAM", "\x1b[2J", "control character"),
+        ("NUDGE_KAFKA_HEAP", "lots", "JVM size"),
+        ("NUDGE_COLLECTOR_HOST", "0.0.0.0 evil", "host name"),
+        ("NUDGE_DATA_DIR", "data\udcff", "undecodable byte"),
+        ("NUDGE_MAX_EVENT_BYTES", str(8 * 1024 * 1024), "must fit in a Kafka message"),
+    ],
+)
+def test_every_setting_has_a_range_named_in_one_line(env: str, value: str, expected: str) -> None:
+    message = _one_line_error({env: value})
+    assert message.startswith(env) and expected in message
+    assert "\x1b" not in message and "\udcff" not in message
+
+
+def test_a_bad_secret_or_url_password_is_never_echoed() -> None:
+    assert "top secret" not in _one_line_error({"NUDGE_COLLECTOR_API_KEY": "top secret"})
+    message = _one_line_error({"NUDGE_REDIS_URL": "redis://:hunter2@cache:99999/0"})
+    assert "hunter2" not in message and "***@cache" in message
+
+
+def test_settings_built_in_code_are_checked_too() -> None:
+    with pytest.raises(ConfigError, match="NUDGE_STORE"):
+        Settings(store="bogus")
+    with pytest.raises(ConfigError, match="NUDGE_PARTITIONS: expected an integer"):
+        Settings(partitions="6")  # type: ignore[arg-type]
+
+
+def test_every_declaration_says_what_it_allows() -> None:
+    for decl in Settings.declarations():
+        assert decl.allowed, decl.env
+    # ...and the defaults obey their own rules (Settings() would raise otherwise).
+    assert Settings().store == "memory://"
+
+
+def test_redis_password_is_masked_in_settings_but_reaches_child_processes(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = "redis://:hunter2@cache:6379/0"
+    monkeypatch.setenv("NUDGE_REDIS_URL", url)
+    assert main(["settings"]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out and "redis://***@cache:6379/0" in out
+    assert Settings.from_env().redacted()["NUDGE_REDIS_URL"] == "redis://***@cache:6379/0"
+    assert Settings.from_env().to_env()["NUDGE_REDIS_URL"] == url

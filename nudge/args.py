@@ -1,0 +1,182 @@
+"""Argument types every `nudge` command shares: each value is checked before any work starts.
+
+An argparse `type=` here raises `argparse.ArgumentTypeError` saying what was
+wrong and what is allowed; `nudge.cli.OneLineParser` turns that into one line
+on stderr and exit status 2. Paths are checked the way they will be used: an
+output file's directory must let us create a file in it (probed with a
+temporary file, so the reason given is the file system's real one), an output
+directory must be a directory or creatable, an input file must open.
+
+>>> integer(1, 10)("3")
+3
+>>> number(0, 60, low_open=True)("0")
+Traceback (most recent call last):
+argparse.ArgumentTypeError: expected a number > 0 and <= 60, got '0'
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import math
+import os
+import stat
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from nudge.text import printable
+
+__all__ = [
+    "input_file",
+    "integer",
+    "number",
+    "output_dir",
+    "output_file",
+    "output_problem",
+    "port",
+]
+
+
+def integer(low: int, high: int, *, why: str = "") -> Callable[[str], int]:
+    """argparse type: an integer in low..high; `why` explains the upper bound."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer {low}..{high:_}, got {text!r}") from None
+        if not low <= value <= high:
+            reason = f" ({why})" if why and value > high else ""
+            raise argparse.ArgumentTypeError(f"expected an integer {low}..{high:_}, got {value:_}{reason}")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in some messages
+    return parse
+
+
+def number(low: float, high: float, *, low_open: bool = False, unit: str = "") -> Callable[[str], float]:
+    """argparse type: a finite number in [low, high], or (low, high] with `low_open`."""
+    allowed = f"{'>' if low_open else '>='} {low:g} and <= {high:g}{unit}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number {allowed}, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (low_open and value == low) or value > high:
+            raise argparse.ArgumentTypeError(f"expected a number {allowed}, got {text!r}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+port = integer(1, 65535)
+
+
+def _plain_path(text: str) -> Path:
+    if not text:
+        raise argparse.ArgumentTypeError("expected a path, got ''")
+    if printable(text) != text:
+        # Such a name could not be printed back (or would print an escape sequence).
+        raise argparse.ArgumentTypeError(f"path {printable(text)!r} holds a control character or undecodable byte")
+    return Path(text)
+
+
+def _kind(path: Path) -> str | None:
+    """'dir', 'file' (anything else that exists), 'blocked' (a parent is a file or
+    not searchable) or None when nothing is there."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return "blocked"
+    return "dir" if stat.S_ISDIR(mode) else "file"
+
+
+def _probe(directory: Path) -> str | None:
+    """Why no file can be created in `directory` (which exists), or None."""
+    try:
+        fd, name = tempfile.mkstemp(dir=directory, prefix=".nudge-write-test-")
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return f"{directory} is not writable ({exc.strerror})"
+        if exc.errno == errno.EROFS:
+            return f"{directory} is on a read-only file system"
+        if exc.errno == errno.ENOENT:
+            # /proc and friends: the directory is there, the file system refuses new files.
+            return f"{directory} does not allow creating files (its file system refuses them)"
+        return f"cannot create a file in {directory}: {exc.strerror}"
+    os.close(fd)
+    os.unlink(name)
+    return None
+
+
+def _existing_ancestor(path: Path) -> tuple[Path, str]:
+    """The nearest ancestor of `path` that exists (or blocks it), with its kind."""
+    for candidate in path.absolute().parents:
+        kind = _kind(candidate)
+        if kind not in (None, "blocked"):
+            return candidate, kind
+    raise AssertionError("unreachable: / exists")  # pragma: no cover
+
+
+def output_problem(path: Path, *, directory: bool = False) -> str | None:
+    """Why `path` cannot be written as an output file (or directory), or None."""
+    kind = _kind(path)
+    if directory:
+        if kind == "dir":
+            return _probe(path)
+        if kind == "file":
+            return f"{path} is not a directory"
+        ancestor, kind = _existing_ancestor(path)
+        return f"{ancestor} is not a directory" if kind != "dir" else _probe(ancestor)
+    if kind == "dir":
+        return f"{path} is a directory, expected a file"
+    parent = path.parent
+    parent_kind = _kind(parent)
+    if parent_kind != "dir":
+        ancestor, ancestor_kind = _existing_ancestor(path)
+        if ancestor_kind == "dir":
+            return f"directory {parent} does not exist"
+        return f"{ancestor} is not a directory"
+    problem = _probe(parent)
+    if problem is None and kind is not None and not os.access(path, os.W_OK):
+        return f"{path} is not writable"
+    return problem
+
+
+def output_file(text: str) -> Path:
+    """argparse type: a file we can create (its directory exists and takes new files)."""
+    path = _plain_path(text)
+    problem = output_problem(path)
+    if problem:
+        raise argparse.ArgumentTypeError(f"cannot write {printable(text)}: {problem}")
+    return path
+
+
+def output_dir(text: str) -> Path:
+    """argparse type: a directory that exists and takes new files, or can be created."""
+    path = _plain_path(text)
+    problem = output_problem(path, directory=True)
+    if problem:
+        raise argparse.ArgumentTypeError(f"cannot write into {printable(text)}: {problem}")
+    return path
+
+
+def input_file(text: str) -> Path:
+    """argparse type: a regular file we can open for reading."""
+    path = _plain_path(text)
+    kind = _kind(path)
+    if kind is None or kind == "blocked":
+        raise argparse.ArgumentTypeError(f"{printable(text)} does not exist")
+    if kind == "dir":
+        raise argparse.ArgumentTypeError(f"{printable(text)} is a directory, expected a file")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {printable(text)}: {exc.strerror}") from None
+    return path
