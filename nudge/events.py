@@ -126,9 +126,10 @@ def _to_epoch_ms(v: Any) -> int:
         if parsed.tzinfo is None:
             raise PydanticCustomError("invalid_value", "ts has no UTC offset")
         v = int(parsed.timestamp() * 1000)
-    if not 0 <= v < MAX_EPOCH_MS:
+    epoch_ms: int = v
+    if not 0 <= epoch_ms < MAX_EPOCH_MS:
         raise PydanticCustomError("invalid_value", "ts out of range (1970 to epoch ms 10^14)")
-    return v
+    return epoch_ms
 
 
 Timestamp = Annotated[
@@ -317,7 +318,8 @@ def _rejection_from(exc: ValidationError) -> Rejection:
     loc = ".".join(str(p) for p in first["loc"])
     kind = first["type"]
     if kind == "union_tag_invalid":
-        reason = "unknown_type"
+        # pydantic's message repeats the client's value: name the known types instead.
+        return Rejection("unknown_type", f"type is not one of {', '.join(EVENT_TYPES)}")
     elif kind == "union_tag_not_found":
         reason = "missing_field"
         loc = "type"

@@ -12,22 +12,34 @@ API (JSON in, JSON out):
     POST /v1/events      body: [event, ...]   header X-Api-Key when a key is configured
       200  every event accepted
       207  some (or all) events rejected: see each result's reason
-      400  body is not JSON, not an array (a single object is refused: send [{...}]), or empty
+      400  body is not a JSON array at all (not UTF-8, broken framing, an object: send [{...}]), or empty
       401  API key configured and X-Api-Key missing or wrong
-      413  body over NUDGE_COLLECTOR_MAX_BODY_BYTES or more events than NUDGE_COLLECTOR_MAX_BATCH
+      408  body not received within NUDGE_COLLECTOR_BODY_TIMEOUT_S (the connection is closed)
+      413  body over NUDGE_COLLECTOR_MAX_BODY_BYTES (once inflated, for Content-Encoding: gzip)
+           or more events than NUDGE_COLLECTOR_MAX_BATCH
       415  Content-Type is not application/json
-      503  Kafka did not acknowledge in time (Retry-After set); nothing is reported accepted
+      503  Kafka did not acknowledge in time, or NUDGE_COLLECTOR_MAX_IN_FLIGHT requests are being
+           handled already; Retry-After set; nothing is reported accepted
     GET /healthz         200 {"status": "ok"} or 503 {"status": "unavailable", "reason": ...}
     GET /metrics         Prometheus text format
 
 A 200/207 body is `{"accepted": n, "rejected": m, "results": [...]}` with one
 result per event in request order: `{"index", "event_id", "status": "accepted"}`
 or `{"index", "status": "rejected", "reason", "detail"}` (plus "event_id" when
-it is a valid id). Reasons are `Rejection.REASONS`, "too_large" (over
-NUDGE_MAX_EVENT_BYTES once re-serialised) and "duplicate_in_batch" (an
+it is a valid id). Reasons are `Rejection.REASONS`, "duplicate_in_batch" (an
 event_id already accepted earlier in the same request; the first valid one
-wins). A request answered 503 may still be partly written to Kafka: clients
-retry the same event_ids, which is safe because consumers dedup by event_id.
+wins) and "unprocessable" (checking the event failed: a bug of ours, logged).
+No content makes a request fail as a whole: an element that does not decode
+on its own (invalid UTF-8, a NaN, nesting past MAX_DEPTH) is rejected alone
+as long as the array's framing holds (`split_array`). A request answered 503
+may still be partly written to Kafka: clients retry the same event_ids, which
+is safe because consumers dedup by event_id.
+
+Connections: a connection whose request headers are not complete
+NUDGE_COLLECTOR_IDLE_TIMEOUT_S after it opened (or after its last answer) is
+closed, which covers idle and slow-header clients alike. A client that hangs
+up mid-body is counted as code "499" (nginx's "client closed request"), not
+as a server error.
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ import asyncio
 import concurrent.futures
 import hmac
 import logging
+import re
 import sys
 import threading
 import time
@@ -53,7 +66,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from nudge.cli import settings_epilog
 from nudge.errors import ConfigError, DeliveryError, DependencyUnavailable
-from nudge.events import Event, Rejection, parse_event_obj
+from nudge.events import Event, Rejection, id_problem, parse_event_obj
+from nudge.logs import display_url
 from nudge.settings import Settings
 from nudge.topics import ensure_topics, topic_for_event_type
 from producers.kafka import EventProducer
@@ -78,8 +92,12 @@ DEFAULT_ACK_TIMEOUT_S = 10.0
 # long has passed, so a load balancer that stopped sending traffic lets us back in.
 FAILURE_MEMORY_S = 30.0
 RETRY_AFTER_S = 5
-EXTRA_REASONS = ("too_large", "duplicate_in_batch")
-RESPONSE_CODES = (200, 207, 400, 401, 413, 415, 500, 503)
+EXTRA_REASONS = ("duplicate_in_batch", "unprocessable")
+BUSY_RETRY_AFTER_S = 1
+LINGER_S = 2.0
+# The status nginx logs when the client closed the connection first; never sent, only counted.
+CLIENT_CLOSED = "499"
+RESPONSE_CODES = ("200", "207", "400", "401", "408", "413", "415", CLIENT_CLOSED, "500", "503")
 
 
 # --- the producer seam --------------------------------------------------------------------------------------------
@@ -115,9 +133,7 @@ class KafkaAckingProducer(EventProducer):
         # A send blocked on metadata must not outlive the request that waits for it.
         overrides.setdefault("max_block_ms", int(ack_timeout_s * 1000))
         config = producer_config(settings)
-        super().__init__(
-            settings, client_id=config["client_id"], linger_ms=config["linger_ms"], **overrides
-        )
+        super().__init__(settings, client_id=config["client_id"], linger_ms=config["linger_ms"], **overrides)
         self._closed = False
 
     def submit(self, messages: Sequence[Outbound]) -> concurrent.futures.Future[None]:
@@ -215,23 +231,20 @@ class Outbound:
 def check_batch(items: Sequence[Any], settings: Settings) -> tuple[list[dict[str, Any]], list[Outbound]]:
     """Check each decoded event: a result per item in order, and the messages to produce.
 
-    Accepted results are provisional: the caller reports them only once Kafka
+    An item may also be an `Undecodable` (an array element that is not valid
+    JSON on its own: see `split_array`); it gets its own rejection. Accepted
+    results are provisional: the caller reports them only once Kafka
     acknowledged every outbound message.
     """
     results: list[dict[str, Any]] = []
     outbound: list[Outbound] = []
     first_index: dict[str, int] = {}
     for index, obj in enumerate(items):
-        value = orjson.dumps(obj)
-        verdict: Event | Rejection
-        if len(value) > settings.max_event_bytes:
-            verdict = Rejection("too_large", f"{len(value)} bytes > {settings.max_event_bytes}")
-        else:
-            verdict = parse_event_obj(obj, max_future_ms=settings.max_future_ms)
-            if not isinstance(verdict, Rejection) and verdict.event_id in first_index:
-                verdict = Rejection(
-                    "duplicate_in_batch", f"event_id already accepted at index {first_index[verdict.event_id]}"
-                )
+        verdict, value = _verdict(obj, settings)
+        if not isinstance(verdict, Rejection) and verdict.event_id in first_index:
+            verdict = Rejection(
+                "duplicate_in_batch", f"event_id already accepted at index {first_index[verdict.event_id]}"
+            )
         if isinstance(verdict, Rejection):
             result: dict[str, Any] = {
                 "index": index,
@@ -240,7 +253,7 @@ def check_batch(items: Sequence[Any], settings: Settings) -> tuple[list[dict[str
                 "detail": verdict.detail,
             }
             event_id = obj.get("event_id") if isinstance(obj, dict) else None
-            if isinstance(event_id, str) and 0 < len(event_id) <= 128:
+            if isinstance(event_id, str) and id_problem(event_id) is None:
                 result["event_id"] = event_id
             results.append(result)
             continue
@@ -251,6 +264,119 @@ def check_batch(items: Sequence[Any], settings: Settings) -> tuple[list[dict[str
         results.append({"index": index, "event_id": verdict.event_id, "status": "accepted"})
         outbound.append(Outbound(index, verdict.event_id, topic, verdict.user_id.encode("utf-8"), value))
     return results, outbound
+
+
+def _verdict(obj: Any, settings: Settings) -> tuple[Event | Rejection, bytes]:
+    """One item's verdict and, when valid, the bytes to produce. Never raises on content."""
+    if isinstance(obj, Undecodable):
+        return obj.rejection, b""
+    try:
+        value = orjson.dumps(obj)
+    except orjson.JSONEncodeError:
+        # orjson refuses to write what it read when it is nested deeper than this.
+        return Rejection("invalid_value", f"nested deeper than {MAX_DEPTH} levels"), b""
+    if len(value) > settings.max_event_bytes:
+        return Rejection("too_large", f"{len(value)} bytes > {settings.max_event_bytes}"), b""
+    try:
+        return parse_event_obj(obj, max_future_ms=settings.max_future_ms), value
+    except Exception as exc:  # a bug of ours must cost one event, never the batch
+        log.exception("an event could not be checked (%s); it is rejected as unprocessable", type(exc).__name__)
+        return Rejection("unprocessable", f"could not be checked ({type(exc).__name__}); report this"), b""
+
+
+# --- decoding (pure) ------------------------------------------------------------------------------------------------
+
+# The deepest nesting an event may have: orjson writes no deeper (it reads up to 1024).
+MAX_DEPTH = 254
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """An array element that is not valid JSON on its own, with why."""
+
+    rejection: Rejection
+
+
+# A JSON string (escapes included), a lone quote (an unterminated string), or a structural byte.
+_TOKENS = re.compile(rb'"(?:[^"\\]++|\\.)*+"|"|[\[\]{},]', re.DOTALL)
+
+
+def split_array(body: bytes) -> list[bytes] | None:
+    """The raw elements of a top-level JSON array, or None when its framing is broken.
+
+    Used only when the whole body does not decode, so that one bad element
+    (invalid UTF-8, a NaN, nesting past the decoder's limit) costs that
+    element, not the batch. Strings are skipped whole, so brackets and commas
+    inside them do not count.
+
+    >>> split_array(b'[{"a": "x,]"}, NaN , [1,2]]')
+    [b'{"a": "x,]"}', b' NaN ', b' [1,2]']
+    >>> split_array(b'[{"a": 1}, {"b": ') is None
+    True
+    """
+    text = body.strip()
+    if len(text) < 2 or text[:1] != b"[" or text[-1:] != b"]":
+        return None
+    end = len(text) - 1
+    depth, start, parts = 0, 1, []
+    for match in _TOKENS.finditer(text, 1, end):
+        token = match.group()
+        if token[:1] == b'"':
+            if len(token) == 1:
+                return None  # unterminated string
+            continue
+        if token in (b"[", b"{"):
+            depth += 1
+        elif token in (b"]", b"}"):
+            depth -= 1
+            if depth < 0:
+                return None
+        elif depth == 0:  # a comma between elements
+            parts.append(text[start : match.start()])
+            start = match.end()
+    if depth != 0:
+        return None
+    last = text[start:end]
+    if last.strip():
+        parts.append(last)
+    elif parts:
+        return None  # a trailing comma
+    return parts
+
+
+def decode_element(raw: bytes) -> Any:
+    """One array element: its value, or an `Undecodable` saying why not."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return Undecodable(_decode_rejection(raw, exc))
+
+
+def _decode_rejection(raw: bytes, exc: orjson.JSONDecodeError) -> Rejection:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return Rejection("not_utf8", f"not valid UTF-8 at byte {bad.start}")
+    if "depth limit" in str(exc) or "recursion" in str(exc).lower():
+        return Rejection("invalid_value", f"nested deeper than {MAX_DEPTH} levels")
+    return Rejection("not_json", f"not valid JSON at character {exc.pos}: {exc.msg}")
+
+
+def decode_body(body: bytes) -> list[Any]:
+    """The request body as a list of items (values or `Undecodable`s); raise _Refusal when it is no array at all."""
+    try:
+        items = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        parts = split_array(body)
+        if parts is None:
+            rejection = _decode_rejection(body, exc)
+            raise _Refusal(400, f"body is not a JSON array of events: {rejection.detail}") from None
+        return [decode_element(part) for part in parts]
+    if isinstance(items, dict):
+        raise _Refusal(400, "body is a JSON object; send a JSON array of events, e.g. [{...}] for one event")
+    if not isinstance(items, list):
+        raise _Refusal(400, f"body is a JSON {type(items).__name__}; send a JSON array of events")
+    return items
 
 
 # --- metrics --------------------------------------------------------------------------------------------------------
@@ -277,7 +403,7 @@ class CollectorMetrics:
         )
         # Every series exists from the start, so dashboards and rate() see zeros, not gaps.
         for code in RESPONSE_CODES:
-            self.requests.labels(code=str(code))
+            self.requests.labels(code=code)
         self.events.labels(status="accepted", reason="")
         self.events.labels(status="failed", reason="not_acknowledged")
         for reason in (*Rejection.REASONS, *EXTRA_REASONS):
@@ -297,6 +423,7 @@ class _State:
     send_pool: concurrent.futures.ThreadPoolExecutor
     last_failure: float = float("-inf")
     last_success: float = float("-inf")
+    in_flight: int = 0
     totals: Tally[str] = field(default_factory=Tally)
 
 
@@ -348,14 +475,30 @@ def _json(payload: dict[str, Any], status: int = 200, headers: dict[str, str] | 
 async def _post_events(request: web.Request) -> web.StreamResponse:
     state = request.app[_STATE]
     started = time.perf_counter()
-    code = 500
+    code = "500"
+    if state.in_flight >= state.settings.collector_max_in_flight:
+        # Shed load before reading the body: a queue of slow requests is how a front door falls over.
+        state.metrics.requests.labels(code="503").inc()
+        state.totals["requests"] += 1
+        state.totals["shed"] += 1
+        log.warning("POST /v1/events 503: %d requests in flight (NUDGE_COLLECTOR_MAX_IN_FLIGHT)", state.in_flight)
+        message = f"too many requests in flight ({state.in_flight}); retry after {BUSY_RETRY_AFTER_S} s"
+        return _json({"error": message}, 503, {"Retry-After": str(BUSY_RETRY_AFTER_S)})
+    state.in_flight += 1
     try:
         response = await _answer_events(request, state)
-        code = response.status
+        code = str(response.status)
         return response
+    except ConnectionResetError:
+        # The client hung up mid-body: its doing, not ours; there is no one left to answer.
+        code = CLIENT_CLOSED
+        log.info("POST /v1/events: the client closed the connection before sending its whole body")
+        # Nobody reads this answer; returning it (not raising) keeps aiohttp from logging a traceback.
+        return web.Response(status=400)
     finally:
+        state.in_flight -= 1
         elapsed = time.perf_counter() - started
-        state.metrics.requests.labels(code=str(code)).inc()
+        state.metrics.requests.labels(code=code).inc()
         state.metrics.request_seconds.observe(elapsed)
         state.totals["requests"] += 1
 
@@ -366,7 +509,10 @@ async def _answer_events(request: web.Request, state: _State) -> web.Response:
         items = await _read_batch(request, state.settings)
     except _Refusal as refusal:
         log.info("POST /v1/events %d in %.1f ms: %s", refusal.status, _ms(started), refusal.message)
-        return _json({"error": refusal.message}, refusal.status, refusal.headers)
+        response = _json({"error": refusal.message}, refusal.status, refusal.headers)
+        if refusal.headers.get("Connection") == "close":
+            response.force_close()
+        return response
 
     results, outbound = check_batch(items, state.settings)
     rejected = Tally(r["reason"] for r in results if r["status"] == "rejected")
@@ -425,17 +571,17 @@ async def _read_batch(request: web.Request, settings: Settings) -> list[Any]:
     if request.content_length is not None and request.content_length > limit:
         raise _Refusal(413, f"body of {request.content_length} bytes is over {limit} (NUDGE_COLLECTOR_MAX_BODY_BYTES)")
     try:
-        body = await request.read()
+        async with asyncio.timeout(settings.collector_body_timeout_s):
+            body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise _Refusal(413, too_big) from None
-    try:
-        items = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise _Refusal(400, f"body is not valid JSON: {exc}") from None
-    if isinstance(items, dict):
-        raise _Refusal(400, "body is a JSON object; send a JSON array of events, e.g. [{...}] for one event")
-    if not isinstance(items, list):
-        raise _Refusal(400, f"body is a JSON {type(items).__name__}; send a JSON array of events")
+    except TimeoutError:
+        raise _Refusal(
+            408,
+            f"body not received within {settings.collector_body_timeout_s:g} s (NUDGE_COLLECTOR_BODY_TIMEOUT_S)",
+            {"Connection": "close"},
+        ) from None
+    items = decode_body(body)
     if not items:
         raise _Refusal(400, "body is an empty array; send at least one event")
     if len(items) > settings.collector_max_batch:
@@ -538,20 +684,30 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         producer.warm_up(settings.input_topics)
         app = create_app(settings, producer, CollectorRegistry(), ack_timeout_s=ack_timeout_s)
         auth = "X-Api-Key required" if settings.collector_api_key else "no API key (NUDGE_COLLECTOR_API_KEY unset)"
-        print(
-            f"nudge collect: listening on http://{host}:{port}/v1/events -> Kafka {settings.kafka_bootstrap}, {auth}",
-            file=sys.stderr,
-        )
+
+        def listening(_message: str) -> None:  # called by run_app once the socket is bound, not before
+            print(
+                f"nudge collect: listening on http://{host}:{port}/v1/events -> Kafka "
+                f"{display_url(settings.kafka_bootstrap)}, {auth}",
+                file=sys.stderr,
+            )
+
         try:
             # run_app turns SIGINT/SIGTERM into a graceful stop: no new connections,
             # in-flight requests finish (bounded by the ack timeout), then it returns.
+            # Its keep-alive timer also runs from the moment a connection opens and is
+            # not reset by incoming bytes, so it closes idle and slow-header clients alike.
             web.run_app(
                 app,
                 host=host,
                 port=port,
                 access_log=None,
-                print=None,
+                print=listening,
                 shutdown_timeout=ack_timeout_s + 5,
+                keepalive_timeout=settings.collector_idle_timeout_s,
+                # After an early answer (408, 413) the rest of a body is read and dropped for
+                # this long at most, so the client sees the answer rather than a reset.
+                lingering_time=LINGER_S,
                 handle_signals=True,
             )
         except OSError as exc:

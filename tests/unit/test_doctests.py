@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["nudge.events", "nudge.logs", "features.lifecycle", "features.batch", "features.definitions"]
+MODULES = ["nudge.events", "nudge.logs", "producers.collector", "features.lifecycle", "features.batch", "features.definitions"]
 
 
 @pytest.mark.parametrize("name", MODULES)
