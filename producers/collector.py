@@ -60,6 +60,7 @@ from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -95,6 +96,9 @@ RETRY_AFTER_S = 5
 EXTRA_REASONS = ("duplicate_in_batch", "unprocessable")
 BUSY_RETRY_AFTER_S = 1
 LINGER_S = 2.0
+SHED_LOG_EVERY_S = 10.0
+# Requests decoded and checked at once (memory: slots x max body x ~6).
+DECODE_SLOTS = 16
 # The status nginx logs when the client closed the connection first; never sent, only counted.
 CLIENT_CLOSED = "499"
 RESPONSE_CODES = ("200", "207", "400", "401", "408", "413", "415", CLIENT_CLOSED, "500", "503")
@@ -424,6 +428,8 @@ class _State:
     last_failure: float = float("-inf")
     last_success: float = float("-inf")
     in_flight: int = 0
+    last_shed_log: float = float("-inf")
+    decode_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(DECODE_SLOTS))
     totals: Tally[str] = field(default_factory=Tally)
 
 
@@ -457,6 +463,7 @@ def create_app(
     # on metadata never blocks the event loop.
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="collector-send")
     app[_STATE] = _State(settings, producer, CollectorMetrics(registry), registry, ack_timeout_s, pool)
+    logging.getLogger("aiohttp.server").addFilter(_MALFORMED_REQUEST_LOGS)
     app.router.add_post("/v1/events", _post_events)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
@@ -481,7 +488,14 @@ async def _post_events(request: web.Request) -> web.StreamResponse:
         state.metrics.requests.labels(code="503").inc()
         state.totals["requests"] += 1
         state.totals["shed"] += 1
-        log.warning("POST /v1/events 503: %d requests in flight (NUDGE_COLLECTOR_MAX_IN_FLIGHT)", state.in_flight)
+        now = time.monotonic()
+        if now - state.last_shed_log >= SHED_LOG_EVERY_S:  # one line per interval, not one per request shed
+            log.warning(
+                "POST /v1/events 503: %d requests in flight (NUDGE_COLLECTOR_MAX_IN_FLIGHT); %d shed so far",
+                state.in_flight,
+                state.totals["shed"],
+            )
+            state.last_shed_log = now
         message = f"too many requests in flight ({state.in_flight}); retry after {BUSY_RETRY_AFTER_S} s"
         return _json({"error": message}, 503, {"Retry-After": str(BUSY_RETRY_AFTER_S)})
     state.in_flight += 1
@@ -505,32 +519,33 @@ async def _post_events(request: web.Request) -> web.StreamResponse:
 
 async def _answer_events(request: web.Request, state: _State) -> web.Response:
     started = time.perf_counter()
+    deadline = asyncio.get_running_loop().time() + state.ack_timeout_s
     try:
-        items = await _read_batch(request, state.settings)
+        body = await _read_body(request, state.settings)
+        # Bodies are decoded and checked a few at a time: decoded JSON weighs several
+        # times its body, and a crowd of large requests would otherwise take gigabytes.
+        # (Raw bodies are bounded by the in-flight cap; once submitted, a batch's
+        # messages by the producer's buffer.)
+        async with state.decode_slots:
+            items = _decode_batch(body, state.settings)
+            del body
+            results, outbound = check_batch(items, state.settings)
+            del items
+            try:
+                acked = await _submit(state, outbound, deadline)
+            except DeliveryError as exc:
+                return _not_acknowledged(state, outbound, exc, started)
     except _Refusal as refusal:
         log.info("POST /v1/events %d in %.1f ms: %s", refusal.status, _ms(started), refusal.message)
         response = _json({"error": refusal.message}, refusal.status, refusal.headers)
         if refusal.headers.get("Connection") == "close":
             response.force_close()
         return response
-
-    results, outbound = check_batch(items, state.settings)
     rejected = Tally(r["reason"] for r in results if r["status"] == "rejected")
     try:
-        await _deliver(state, outbound)
+        await _acknowledged(state, acked, deadline)
     except DeliveryError as exc:
-        state.last_failure = time.monotonic()
-        state.metrics.events.labels(status="failed", reason="not_acknowledged").inc(len(outbound))
-        state.totals["failed"] += len(outbound)
-        log.warning(
-            "POST /v1/events 503 in %.1f ms: %d event(s) not acknowledged by Kafka at %s: %s",
-            _ms(started),
-            len(outbound),
-            state.settings.kafka_bootstrap,
-            exc,
-        )
-        message = f"Kafka did not acknowledge the batch ({len(outbound)} valid events); retry the same events later"
-        return _json({"error": message}, 503, {"Retry-After": str(RETRY_AFTER_S)})
+        return _not_acknowledged(state, outbound, exc, started)
     if outbound:
         state.last_success = time.monotonic()
 
@@ -554,8 +569,8 @@ async def _answer_events(request: web.Request, state: _State) -> web.Response:
     return _json(payload, status)
 
 
-async def _read_batch(request: web.Request, settings: Settings) -> list[Any]:
-    """Authenticate and decode the body into a non-empty list; raise _Refusal otherwise."""
+async def _read_body(request: web.Request, settings: Settings) -> bytes:
+    """Authenticate and read the body; raise _Refusal otherwise."""
     if settings.collector_api_key:
         given = request.headers.get("X-Api-Key")
         if given is None:
@@ -581,6 +596,11 @@ async def _read_batch(request: web.Request, settings: Settings) -> list[Any]:
             f"body not received within {settings.collector_body_timeout_s:g} s (NUDGE_COLLECTOR_BODY_TIMEOUT_S)",
             {"Connection": "close"},
         ) from None
+    return body
+
+
+def _decode_batch(body: bytes, settings: Settings) -> list[Any]:
+    """The body as a non-empty list of at most NUDGE_COLLECTOR_MAX_BATCH items; raise _Refusal otherwise."""
     items = decode_body(body)
     if not items:
         raise _Refusal(400, "body is an empty array; send at least one event")
@@ -591,17 +611,62 @@ async def _read_batch(request: web.Request, settings: Settings) -> list[Any]:
     return items
 
 
-async def _deliver(state: _State, outbound: Sequence[Outbound]) -> None:
-    """Produce and wait for every acknowledgement, bounded by the ack timeout."""
+def _not_acknowledged(state: _State, outbound: Sequence[Outbound], exc: DeliveryError, started: float) -> web.Response:
+    state.last_failure = time.monotonic()
+    state.metrics.events.labels(status="failed", reason="not_acknowledged").inc(len(outbound))
+    state.totals["failed"] += len(outbound)
+    log.warning(
+        "POST /v1/events 503 in %.1f ms: %d event(s) not acknowledged by Kafka at %s: %s",
+        _ms(started),
+        len(outbound),
+        display_url(state.settings.kafka_bootstrap),
+        exc,
+    )
+    message = f"Kafka did not acknowledge the batch ({len(outbound)} valid events); retry the same events later"
+    return _json({"error": message}, 503, {"Retry-After": str(RETRY_AFTER_S)})
+
+
+async def _submit(
+    state: _State, outbound: Sequence[Outbound], deadline: float
+) -> concurrent.futures.Future[None] | None:
+    """Queue a request's messages for Kafka (in the sender thread: queuing may block); None if there are none."""
     if not outbound:
-        return
+        return None
     loop = asyncio.get_running_loop()
     try:
-        async with asyncio.timeout(state.ack_timeout_s):
-            acked = await loop.run_in_executor(state.send_pool, state.producer.submit, outbound)
+        async with asyncio.timeout_at(deadline):
+            return await loop.run_in_executor(state.send_pool, state.producer.submit, outbound)
+    except TimeoutError:
+        raise DeliveryError(f"could not queue the messages within {state.ack_timeout_s:g} s") from None
+
+
+async def _acknowledged(state: _State, acked: concurrent.futures.Future[None] | None, deadline: float) -> None:
+    """Wait for every acknowledgement of a request, bounded by the ack timeout."""
+    if acked is None:
+        return
+    try:
+        async with asyncio.timeout_at(deadline):
             await asyncio.wrap_future(acked)
     except TimeoutError:
         raise DeliveryError(f"no acknowledgement within {state.ack_timeout_s:g} s") from None
+
+
+class _MalformedRequestLogs(logging.Filter):
+    """aiohttp logs a client's malformed HTTP (a 10 kB header, a bad request line) as an ERROR
+    with a traceback and the offending bytes, which may be a secret header's value. It is the
+    client's doing: one INFO line naming the error, nothing of the bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.msg, record.args = "refused a malformed HTTP request: %s (%s)", (type(exc).__name__, exc.code)
+        record.exc_info, record.exc_text = None, None
+        return log.isEnabledFor(logging.INFO)
+
+
+_MALFORMED_REQUEST_LOGS = _MalformedRequestLogs()
 
 
 async def _healthz(request: web.Request) -> web.Response:

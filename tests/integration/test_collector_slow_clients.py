@@ -162,3 +162,60 @@ def test_slow_idle_greedy_and_vanishing_clients(unique_topics: Settings, tmp_pat
 
     stderr = stderr_path.read_text()
     assert "Traceback" not in stderr and " ERROR " not in stderr, stderr[-3000:]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_crowd_of_large_requests_is_served_or_shed_within_bounded_memory(
+    unique_topics: Settings, tmp_path: Path
+) -> None:
+    """120 clients post ~800 kB each at once: the in-flight cap and the decode slots bound the memory.
+
+    Unbounded, the decoded batches alone took over 1 GB (2.6 GB for 400 such clients)."""
+    import asyncio
+
+    import aiohttp
+
+    now = int(time.time() * 1000)
+    body = orjson.dumps(
+        [
+            {
+                "event_id": f"e{j}",
+                "type": "search",
+                "user_id": f"u{j}",
+                "ts": now,
+                "schema_version": 1,
+                "pad": "p" * 1500,
+            }
+            for j in range(480)
+        ]
+    )
+    assert 700_000 < len(body) < 1_000_000
+
+    with collector(unique_topics, tmp_path / "collect.stderr") as (port, proc):
+        baseline = rss_mb(proc.pid)
+
+        async def crowd() -> list[int]:
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+                async def one() -> int:
+                    async with session.post(
+                        f"http://127.0.0.1:{port}/v1/events", data=body, headers={"Content-Type": "application/json"}
+                    ) as resp:
+                        await resp.read()
+                        return resp.status
+
+                return await asyncio.gather(*(one() for _ in range(120)))
+
+        statuses = asyncio.run(crowd())
+        peak = rss_mb(proc.pid)
+        # 3 in flight x 1 MB raw + 16 decode slots: far below what 120 decoded batches take
+        assert peak - baseline < 300, f"RSS grew from {baseline:.0f} to {peak:.0f} MB"
+        assert set(statuses) <= {200, 503}, statuses
+        assert statuses.count(200) >= MAX_IN_FLIGHT
+        assert proc.poll() is None
