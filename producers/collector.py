@@ -46,15 +46,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
+import contextlib
 import hmac
 import logging
+import queue
 import re
 import sys
 import threading
 import time
 from collections import Counter as Tally
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -97,8 +98,6 @@ EXTRA_REASONS = ("duplicate_in_batch", "unprocessable")
 BUSY_RETRY_AFTER_S = 1
 LINGER_S = 2.0
 SHED_LOG_EVERY_S = 10.0
-# Requests decoded and checked at once (memory: slots x max body x ~6).
-DECODE_SLOTS = 16
 # The status nginx logs when the client closed the connection first; never sent, only counted.
 CLIENT_CLOSED = "499"
 RESPONSE_CODES = ("200", "207", "400", "401", "408", "413", "415", CLIENT_CLOSED, "500", "503")
@@ -110,12 +109,13 @@ RESPONSE_CODES = ("200", "207", "400", "401", "408", "413", "415", CLIENT_CLOSED
 class AckingProducer(Protocol):
     """What the collector needs from a Kafka producer; unit tests pass a fake."""
 
-    def submit(self, messages: Sequence[Outbound]) -> concurrent.futures.Future[None]:
-        """Queue a request's messages; the future resolves once Kafka acknowledged all of them.
+    def submit(self, messages: Sequence[Outbound], on_done: Callable[[BaseException | None], None]) -> None:
+        """Queue a request's messages; call `on_done` exactly once, from any thread.
 
-        It fails with DeliveryError on the first message that is not
-        acknowledged or cannot even be queued. May block (metadata, full
-        buffer): the collector calls it from a worker thread.
+        With None once Kafka acknowledged all of them; with a DeliveryError on
+        the first message that is not acknowledged or cannot even be queued.
+        May block (metadata, full buffer): the collector calls it from its
+        sender thread, never from the event loop.
         """
         ...
 
@@ -140,10 +140,18 @@ class KafkaAckingProducer(EventProducer):
         super().__init__(settings, client_id=config["client_id"], linger_ms=config["linger_ms"], **overrides)
         self._closed = False
 
-    def submit(self, messages: Sequence[Outbound]) -> concurrent.futures.Future[None]:
-        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+    def submit(self, messages: Sequence[Outbound], on_done: Callable[[BaseException | None], None]) -> None:
         pending = len(messages)
+        settled = False
         lock = threading.Lock()
+
+        def settle(exc: BaseException | None) -> None:
+            nonlocal settled
+            with lock:
+                if settled:
+                    return
+                settled = True
+            on_done(exc)
 
         def on_ack(_metadata: Any) -> None:
             nonlocal pending
@@ -153,24 +161,23 @@ class KafkaAckingProducer(EventProducer):
             if last:
                 with self._lock:
                     self.acked += len(messages)
-                _settle(done)
+                settle(None)
 
         def on_error(exc: BaseException) -> None:
-            _settle(done, DeliveryError(f"Kafka did not acknowledge a message: {exc!r}"))
+            settle(DeliveryError(f"Kafka did not acknowledge a message: {exc!r}"))
 
+        self.sent += len(messages)
+        if not messages:
+            settle(None)
         for m in messages:
             try:
                 sent = self._producer.send(m.topic, value=m.value, key=m.key)
             except KafkaError as exc:
                 # Messages queued before it may still land: the 503 tells the client to retry them all.
-                _settle(done, DeliveryError(f"cannot queue a message for {m.topic}: {exc}"))
-                break
+                settle(DeliveryError(f"cannot queue a message for {m.topic}: {exc}"))
+                return
             sent.add_callback(on_ack)
             sent.add_errback(on_error)
-        self.sent += len(messages)
-        if not messages:
-            _settle(done)
-        return done
 
     def warm_up(self, topics: Sequence[str]) -> None:
         """Fetch the topics' metadata now, so the first request does not pay for it."""
@@ -207,15 +214,76 @@ def producer_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _settle(future: concurrent.futures.Future[None], exc: BaseException | None = None) -> None:
-    # The waiting request may have timed out and cancelled the future already.
-    try:
-        if exc is None:
-            future.set_result(None)
-        else:
-            future.set_exception(exc)
-    except concurrent.futures.InvalidStateError:
-        pass
+class _Outcomes:
+    """Hands requests' outcomes from Kafka's threads to the event loop, one wake-up for many.
+
+    Acknowledgements arrive in bursts (one produce response settles many
+    requests); waking the loop once per request costs more than checking the
+    events did.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._ready: list[tuple[asyncio.Future[None], BaseException | None]] = []
+
+    def settle(self, future: asyncio.Future[None], exc: BaseException | None) -> None:
+        """Any thread: resolve `future` on the loop (with `exc`, if any)."""
+        with self._lock:
+            self._ready.append((future, exc))
+            first = len(self._ready) == 1
+        if first:  # no drain is scheduled yet
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            ready, self._ready = self._ready, []
+        for future, exc in ready:
+            if future.done():  # the request timed out meanwhile
+                continue
+            if exc is None:
+                future.set_result(None)
+            else:
+                future.set_exception(exc)
+
+
+class _Sender:
+    """The one thread that queues messages into the producer, in request order.
+
+    Queuing may block (metadata, a full buffer) and must never block the event loop.
+    """
+
+    def __init__(self, producer: AckingProducer, loop: asyncio.AbstractEventLoop) -> None:
+        self._producer = producer
+        self._loop = loop
+        self._outcomes = _Outcomes(loop)
+        self._queue: queue.SimpleQueue[tuple[Sequence[Outbound], asyncio.Future[None]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="collector-send", daemon=True)
+        self._thread.start()
+
+    def send(self, messages: Sequence[Outbound]) -> asyncio.Future[None]:
+        """The future resolves once Kafka acknowledged every message (or fails with DeliveryError)."""
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._queue.put((messages, future))
+        return future
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            messages, future = item
+
+            def done(exc: BaseException | None, future: asyncio.Future[None] = future) -> None:
+                self._outcomes.settle(future, exc)
+
+            try:
+                self._producer.submit(messages, done)
+            except Exception as exc:  # a broken producer must fail its requests, not kill the thread
+                log.exception("queuing a request's messages failed")
+                done(DeliveryError(f"cannot queue the messages: {exc!r}"))
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
 
 
 # --- validation (pure) ----------------------------------------------------------------------------------------------
@@ -424,12 +492,11 @@ class _State:
     metrics: CollectorMetrics
     registry: CollectorRegistry
     ack_timeout_s: float
-    send_pool: concurrent.futures.ThreadPoolExecutor
+    sender: _Sender | None = None  # started with the app, on its loop
     last_failure: float = float("-inf")
     last_success: float = float("-inf")
     in_flight: int = 0
     last_shed_log: float = float("-inf")
-    decode_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(DECODE_SLOTS))
     totals: Tally[str] = field(default_factory=Tally)
 
 
@@ -459,19 +526,22 @@ def create_app(
     """
     # aiohttp enforces the body limit itself while reading (we turn its 413 into JSON).
     app = web.Application(client_max_size=settings.collector_max_body_bytes)
-    # One sender thread: requests reach Kafka in arrival order, and a send blocked
-    # on metadata never blocks the event loop.
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="collector-send")
-    app[_STATE] = _State(settings, producer, CollectorMetrics(registry), registry, ack_timeout_s, pool)
+    app[_STATE] = _State(settings, producer, CollectorMetrics(registry), registry, ack_timeout_s)
     logging.getLogger("aiohttp.server").addFilter(_MALFORMED_REQUEST_LOGS)
     app.router.add_post("/v1/events", _post_events)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
 
-    async def stop_pool(_app: web.Application) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+    async def start_sender(app: web.Application) -> None:
+        app[_STATE].sender = _Sender(producer, asyncio.get_running_loop())
 
-    app.on_cleanup.append(stop_pool)
+    async def stop_sender(app: web.Application) -> None:
+        sender = app[_STATE].sender
+        if sender is not None:
+            await asyncio.get_running_loop().run_in_executor(None, sender.stop)
+
+    app.on_startup.append(start_sender)
+    app.on_cleanup.append(stop_sender)
     return app
 
 
@@ -522,25 +592,21 @@ async def _answer_events(request: web.Request, state: _State) -> web.Response:
     deadline = asyncio.get_running_loop().time() + state.ack_timeout_s
     try:
         body = await _read_body(request, state.settings)
-        # Bodies are decoded and checked a few at a time: decoded JSON weighs several
-        # times its body, and a crowd of large requests would otherwise take gigabytes.
-        # (Raw bodies are bounded by the in-flight cap; once submitted, a batch's
-        # messages by the producer's buffer.)
-        async with state.decode_slots:
-            items = _decode_batch(body, state.settings)
-            del body
-            results, outbound = check_batch(items, state.settings)
-            del items
-            try:
-                acked = await _submit(state, outbound, deadline)
-            except DeliveryError as exc:
-                return _not_acknowledged(state, outbound, exc, started)
+        # Decoding and checking do not yield to the loop, so one request at a time holds
+        # its decoded JSON (several times its body); raw bodies waiting for their turn and
+        # messages waiting for Kafka are bounded by the in-flight cap.
+        items = _decode_batch(body, state.settings)
+        del body
+        results, outbound = check_batch(items, state.settings)
+        del items
     except _Refusal as refusal:
         log.info("POST /v1/events %d in %.1f ms: %s", refusal.status, _ms(started), refusal.message)
         response = _json({"error": refusal.message}, refusal.status, refusal.headers)
         if refusal.headers.get("Connection") == "close":
             response.force_close()
         return response
+    assert state.sender is not None, "the sender starts with the app"
+    acked = state.sender.send(outbound) if outbound else None
     rejected = Tally(r["reason"] for r in results if r["status"] == "rejected")
     try:
         await _acknowledged(state, acked, deadline)
@@ -626,27 +692,13 @@ def _not_acknowledged(state: _State, outbound: Sequence[Outbound], exc: Delivery
     return _json({"error": message}, 503, {"Retry-After": str(RETRY_AFTER_S)})
 
 
-async def _submit(
-    state: _State, outbound: Sequence[Outbound], deadline: float
-) -> concurrent.futures.Future[None] | None:
-    """Queue a request's messages for Kafka (in the sender thread: queuing may block); None if there are none."""
-    if not outbound:
-        return None
-    loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout_at(deadline):
-            return await loop.run_in_executor(state.send_pool, state.producer.submit, outbound)
-    except TimeoutError:
-        raise DeliveryError(f"could not queue the messages within {state.ack_timeout_s:g} s") from None
-
-
-async def _acknowledged(state: _State, acked: concurrent.futures.Future[None] | None, deadline: float) -> None:
+async def _acknowledged(state: _State, acked: asyncio.Future[None] | None, deadline: float) -> None:
     """Wait for every acknowledgement of a request, bounded by the ack timeout."""
     if acked is None:
         return
     try:
         async with asyncio.timeout_at(deadline):
-            await asyncio.wrap_future(acked)
+            await acked
     except TimeoutError:
         raise DeliveryError(f"no acknowledgement within {state.ack_timeout_s:g} s") from None
 

@@ -174,7 +174,7 @@ def rss_mb(pid: int) -> float:
 def test_a_crowd_of_large_requests_is_served_or_shed_within_bounded_memory(
     unique_topics: Settings, tmp_path: Path
 ) -> None:
-    """120 clients post ~800 kB each at once: the in-flight cap and the decode slots bound the memory.
+    """120 clients post ~800 kB each at once: the in-flight cap bounds the memory.
 
     Unbounded, the decoded batches alone took over 1 GB (2.6 GB for 400 such clients)."""
     import asyncio
@@ -214,7 +214,7 @@ def test_a_crowd_of_large_requests_is_served_or_shed_within_bounded_memory(
 
         statuses = asyncio.run(crowd())
         peak = rss_mb(proc.pid)
-        # 3 in flight x 1 MB raw + 16 decode slots: far below what 120 decoded batches take
+        # 3 in flight x 1 MB raw, one decoded at a time: far below what 120 decoded batches take
         assert peak - baseline < 300, f"RSS grew from {baseline:.0f} to {peak:.0f} MB"
         assert set(statuses) <= {200, 503}, statuses
         assert statuses.count(200) >= MAX_IN_FLIGHT

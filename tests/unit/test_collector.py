@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -59,16 +58,18 @@ class FakeProducer:
         self.sent: list[tuple[str, bytes, bytes]] = []
         self.problem: str | None = None
 
-    def submit(self, messages: Sequence[Outbound]) -> concurrent.futures.Future[None]:
+    def submit(self, messages: Sequence[Outbound], on_done: Callable[[BaseException | None], None]) -> None:
+        if self.mode == "raise":
+            raise RuntimeError("a bug in the producer")
         if self.mode == "refuse":
-            raise DeliveryError(f"cannot queue a message for {messages[0].topic}: KafkaTimeoutError")
-        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+            on_done(DeliveryError(f"cannot queue a message for {messages[0].topic}: KafkaTimeoutError"))
+            return
         self.sent.extend((m.topic, m.key, m.value) for m in messages)
         if self.mode == "ack":
-            future.set_result(None)
+            on_done(None)
         elif self.mode == "fail":
-            future.set_exception(DeliveryError("NotEnoughReplicas"))
-        return future  # mode "hang": never resolved
+            on_done(DeliveryError("NotEnoughReplicas"))
+        # mode "hang": never called back
 
     def unhealthy_reason(self) -> str | None:
         return self.problem
@@ -369,3 +370,13 @@ def test_help_lists_the_env_vars_and_bad_arguments_exit_2(capsys: pytest.Capture
         parser.parse_args(["--port", "70000"])
     assert exit_info.value.code == 2
     assert "--port: 70000 is not in 1..65535" in capsys.readouterr().err
+
+
+async def test_a_producer_that_raises_fails_its_request_and_the_next_one_is_served(make_client: Make) -> None:
+    producer = FakeProducer("raise")
+    client = await make_client(producer)
+    status, body = await post(client, [click("e1")])
+    assert status == 503 and "retry" in body["error"]
+    producer.mode = "ack"
+    status, body = await post(client, [click("e2")])
+    assert status == 200 and body["accepted"] == 1
