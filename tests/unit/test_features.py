@@ -190,3 +190,41 @@ def test_state_does_not_depend_on_how_topics_interleave(seed: int) -> None:
     config = FoldConfig()
     assert stream_features(merged, config) == stream_features(events, config)
     assert batch.compute(merged, config) == batch.compute(events, config)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("total", 1e308), ("total", 1e12 * 1.001), ("price", 1e308), ("quantity", 10**12), ("price", float("inf"))],
+)
+def test_numbers_beyond_the_contract_are_rejected_before_any_fold(field: str, value: float) -> None:
+    body: dict[str, Any] = {
+        "event_id": "big",
+        "type": "purchase",
+        "user_id": "u1",
+        "ts": 1_700_000_000_000,
+        "schema_version": 1,
+        "order_id": "o1",
+        "items": [{"item_id": "x", "price": 1.0, "quantity": 1}],
+        "total": 1.0,
+        "currency": "EUR",
+    }
+    if field == "total":
+        body["total"] = value
+    else:
+        body["items"] = [{**body["items"][0], field: value}]
+    verdict = parse_event_obj(body, now_ms=1_700_000_000_000)
+    assert getattr(verdict, "reason", None) == "invalid_value", verdict
+
+
+def test_the_largest_amounts_the_contract_accepts_fold_without_overflow() -> None:
+    """Each bound at its maximum, many times over: every window and lifetime sum stays finite."""
+    from nudge.events import MAX_AMOUNT, MAX_QUANTITY
+
+    items = [{"item_id": f"x{i}", "category": "c", "price": MAX_AMOUNT, "quantity": MAX_QUANTITY} for i in range(1000)]
+    events = [make(i, "purchase", 1_700_000_000_000 + i * MINUTE_MS, items=items, total=MAX_AMOUNT) for i in range(50)]
+    events += [
+        make(f"c{i}", "add_to_cart", 1_700_000_000_000 + i, item_id=f"x{i}", price=MAX_AMOUNT) for i in range(50)
+    ]
+    features = stream_features(events, FoldConfig())["u1"]
+    assert features["spend_total"] == f"{50 * MAX_AMOUNT:.2f}"
+    assert all("inf" not in v and "nan" not in v for v in features.values())
