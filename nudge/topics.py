@@ -3,27 +3,66 @@
 The event contract names three input topics by *kind* (clicks, purchases,
 app-events); the actual names are settings. `topic_for_event_type` maps an
 event's `type` to the configured topic, which is how producers route events.
+`topic_name_problem` is Kafka's own rule for a legal name, checked before a
+name reaches a client (kafka-python would wait for metadata that never comes).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import time
 
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from nudge.errors import DependencyUnavailable
+from nudge.errors import ConfigError, DependencyUnavailable
 from nudge.events import TOPIC_OF_TYPE
+from nudge.kafka_clients import connect
 from nudge.settings import Settings
 
-__all__ = ["admin_client", "ensure_topics", "topic_for_event_type", "topic_for_kind"]
+__all__ = [
+    "MAX_TOPIC_NAME_LENGTH",
+    "admin_client",
+    "ensure_topics",
+    "topic_for_event_type",
+    "topic_for_kind",
+    "topic_name_problem",
+]
 
 log = logging.getLogger(__name__)
 
 _DESCRIBE_TIMEOUT_S = 30.0
+MAX_TOPIC_NAME_LENGTH = 249
+_LEGAL_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]+")
+
+
+def topic_name_problem(name: str) -> str | None:
+    """Why `name` is not a legal Kafka topic name, or None when it is.
+
+    Kafka's rule: 1 to 249 characters from [a-zA-Z0-9._-], and not "." or "..".
+
+    >>> topic_name_problem("clicks-v2.test_1") is None
+    True
+    >>> topic_name_problem("my clicks")
+    "topic name 'my clicks' has characters Kafka does not allow (' '): use only a-z A-Z 0-9 . _ -"
+    >>> topic_name_problem("..")
+    "topic name '..' is not allowed by Kafka"
+    """
+    if not name:
+        return "topic name is empty"
+    if len(name) > MAX_TOPIC_NAME_LENGTH:
+        return f"topic name {name[:40]!r}... is {len(name)} characters long: Kafka allows {MAX_TOPIC_NAME_LENGTH}"
+    if name in (".", ".."):
+        return f"topic name {name!r} is not allowed by Kafka"
+    if not _LEGAL_TOPIC_NAME.fullmatch(name):
+        bad = "".join(dict.fromkeys(c for c in name if not _LEGAL_TOPIC_NAME.fullmatch(c)))
+        return (
+            f"topic name {name[:60]!r} has characters Kafka does not allow ({bad[:10]!r}): use only a-z A-Z 0-9 . _ -"
+        )
+    return None
 
 
 def topic_for_kind(settings: Settings, kind: str) -> str:
@@ -42,18 +81,17 @@ def topic_for_event_type(settings: Settings, event_type: str) -> str | None:
 
 
 def admin_client(settings: Settings) -> KafkaAdminClient:
-    try:
-        return KafkaAdminClient(
-            bootstrap_servers=settings.kafka_bootstrap, client_id="nudge-admin", request_timeout_ms=15_000
-        )
-    except KafkaError as exc:
-        raise DependencyUnavailable(f"Kafka is not reachable at {settings.kafka_bootstrap} ({exc})") from None
+    """An admin client of a reachable cluster, or DependencyUnavailable within a few seconds."""
+    return connect(KafkaAdminClient, settings, client_id="nudge-admin", request_timeout_ms=15_000)
 
 
 def ensure_topics(settings: Settings, names: tuple[str, ...] | None = None) -> list[str]:
     """Create missing topics with the configured partitions, replication factor and
     min.insync.replicas; return those created. Existing topics are left as they are."""
     names = settings.all_topics if names is None else names
+    problems = [p for p in map(topic_name_problem, names) if p is not None]
+    if problems:
+        raise ConfigError(f"{problems[0]} (check the NUDGE_TOPIC_* settings)")
     config = {
         "max.message.bytes": str(settings.max_message_bytes),
         "min.insync.replicas": str(settings.min_insync_replicas),

@@ -37,8 +37,17 @@ A line is a recorded message when it is an object with ``topic`` and ``value``
 or ``value_b64``; any other object is a plain event. Blank lines are ignored.
 
 `read_log` never raises on a bad line: it yields a `BadLine` with the line
-number (1-based) and the reason, and carries on; a file cut short (a recording
-killed mid-write) ends with one `BadLine` for the truncation.
+number (1-based), the reason and a short `kind` for counting, and carries on;
+a file cut short (a recording killed mid-write) ends with one `BadLine` for
+the truncation. What a reason quotes from the line goes through
+`nudge.logs.redact_line` (a phone number in a wrong field stays masked).
+
+Hostile files get a verdict per line, never a traceback: bytes that are not
+UTF-8 are named by their position ("not valid UTF-8 at byte 7", 1-based), a
+UTF-8 byte order mark at the start of the file is skipped (Windows tools
+write one), nesting deeper than orjson re-encodes (254 levels) is a bad line,
+and a line longer than `max_line_bytes(settings)` (it could not hold a message
+Kafka takes) is skipped without being held in memory.
 """
 
 from __future__ import annotations
@@ -57,6 +66,7 @@ from typing import IO, Any, Literal, NamedTuple
 import orjson
 
 from nudge.errors import InputError
+from nudge.logs import redact_line
 from nudge.settings import Settings
 from nudge.topics import topic_for_event_type
 
@@ -68,6 +78,7 @@ __all__ = [
     "encode_event",
     "encode_record",
     "event_time_ms",
+    "max_line_bytes",
     "read_log",
 ]
 
@@ -78,7 +89,10 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 _MAX_EPOCH_MS = 10**14  # the event contract's bound (year 5138)
 _CHUNK = 256 * 1024
+_PIECE = 4 * _CHUNK  # most bytes one inflate call returns
 _GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib parses the gzip header and checks its CRC and length
+_UTF8_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
 class LogRecord(NamedTuple):
@@ -104,10 +118,12 @@ class LogRecord(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class BadLine:
-    """A line that cannot be replayed; `reason` names what is wrong with it."""
+    """A line that cannot be replayed; `reason` names what is wrong with it, `kind`
+    is the short name it is counted under (not_json, not_utf8, too_long, ...)."""
 
     line: int
     reason: str
+    kind: str = "malformed"
 
     def __str__(self) -> str:
         return f"line {self.line}: {self.reason}"
@@ -244,6 +260,10 @@ class LogWriter:
 class _Bad(Exception):
     """A line-level problem; becomes a BadLine, never leaves this module."""
 
+    def __init__(self, reason: str, kind: str = "bad_record") -> None:
+        super().__init__(reason)
+        self.kind = kind
+
 
 def _decode_bytes(obj: dict[str, Any], name: str) -> bytes | None:
     b64 = f"{name}_b64"
@@ -278,7 +298,8 @@ def _int_field(obj: dict[str, Any], name: str, *, nullable: bool = False) -> int
     if value is None and nullable:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _Bad(f"{name!r} must be an integer >= 0, got {value!r}"[:120])
+        got = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else type(value).__name__
+        raise _Bad(f"{name!r} must be an integer >= 0, got {got}"[:120])
     return value
 
 
@@ -356,27 +377,47 @@ def _parse_record_checked(obj: dict[str, Any], line: int) -> LogRecord:
 def _parse_event(obj: dict[str, Any], line: int, settings: Settings) -> LogRecord:
     event_type = obj.get("type")
     if not isinstance(event_type, str):
-        raise _Bad("plain event without a string 'type'")
+        raise _Bad("plain event without a string 'type'", "bad_event")
     topic = topic_for_event_type(settings, event_type)
     if topic is None:
-        raise _Bad(f"plain event of unknown type {event_type[:40]!r}")
+        raise _Bad(f"plain event of unknown type {redact_line(event_type, 40)!r}", "bad_event")
     user_id = obj.get("user_id")
     if not isinstance(user_id, str) or not user_id:
-        raise _Bad("plain event without a 'user_id' string")
+        raise _Bad("plain event without a 'user_id' string", "bad_event")
     try:
         key = user_id.encode("utf-8")
     except UnicodeEncodeError:
-        raise _Bad("'user_id' is not encodable as UTF-8") from None
-    return LogRecord(line, "event", topic, key, orjson.dumps(obj), event_time_ms(obj.get("ts")))
+        raise _Bad("'user_id' is not encodable as UTF-8", "bad_event") from None
+    try:
+        value = orjson.dumps(obj)
+    except TypeError:  # orjson's JSONEncodeError: "Recursion limit reached" past 254 levels
+        raise _Bad("nested deeper than 254 levels (orjson cannot re-encode it)", "too_deep") from None
+    return LogRecord(line, "event", topic, key, value, event_time_ms(obj.get("ts")))
+
+
+def _not_json(raw: bytes, line: int, exc: orjson.JSONDecodeError) -> _Bad:
+    """What is wrong with a line orjson refused, in the reader's terms (error path only)."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        hint = " (the file looks UTF-16: convert it to UTF-8)" if line == 1 and raw.startswith(_UTF16_BOMS) else ""
+        return _Bad(f"not valid UTF-8 at byte {bad.start + 1}{hint}", "not_utf8")
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        return _Bad(f"NUL byte at byte {nul + 1} (a binary file?)", "not_json")
+    detail = str(exc)
+    if detail.startswith("depth limit exceeded"):
+        return _Bad("nested deeper than 1024 levels (orjson's limit)", "too_deep")
+    return _Bad(f"not valid JSON ({detail[:80]})", "not_json")
 
 
 def _parse_line(raw: bytes, line: int, settings: Settings) -> LogRecord:
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise _Bad(f"not valid JSON ({str(exc)[:80]})") from None
+        raise _not_json(raw, line, exc) from None
     if not isinstance(obj, dict):
-        raise _Bad(f"expected a JSON object, got {type(obj).__name__}")
+        raise _Bad(f"expected a JSON object, got {type(obj).__name__}", "not_object")
     if "topic" in obj and ("value" in obj or "value_b64" in obj):
         return _parse_record(obj, line)
     return _parse_event(obj, line, settings)
@@ -425,49 +466,102 @@ def _chunks(raw: IO[bytes]) -> Iterator[bytes]:
                 data = b""
                 continue
             inflater = zlib.decompressobj(_GZIP_WBITS)  # another member (concatenated .gz files)
+        # Output bounded per call: a small compressed chunk can inflate to gigabytes.
         try:
-            out = inflater.decompress(data)
+            out = inflater.decompress(data, _PIECE)
+            while True:
+                if out:
+                    yield out
+                if inflater.eof or len(out) < _PIECE:
+                    break
+                out = inflater.decompress(inflater.unconsumed_tail, _PIECE)
         except zlib.error as exc:
             raise _Broken(f"corrupt gzip data ({exc})") from None
-        if out:
-            yield out
-        data = inflater.unused_data if inflater.eof else b""
+        data = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
     if not inflater.eof:
         raise _Broken("the gzip stream ends early (a writer was killed?)")
+
+
+def max_line_bytes(settings: Settings) -> int:
+    """The longest line worth reading: a message of NUDGE_MAX_MESSAGE_BYTES escaped
+    as JSON (at most 6 bytes per byte, as in "\\u0001"), plus room for the envelope."""
+    return 6 * settings.max_message_bytes + 64 * 1024
+
+
+def _too_long(number: int, length: int, settings: Settings) -> BadLine:
+    return BadLine(
+        number,
+        f"longer than {max_line_bytes(settings):,} bytes ({length:,}): it cannot hold a message within "
+        f"NUDGE_MAX_MESSAGE_BYTES ({settings.max_message_bytes:,}); skipped unread",
+        "too_long",
+    )
 
 
 def read_log(path: Path, settings: Settings) -> Iterator[LogRecord | BadLine]:
     """Yield every line of a log as a `LogRecord`, or a `BadLine` saying why not.
 
-    `settings` names the topics plain events go to.
+    `settings` names the topics plain events go to and bounds a line's length.
+    The file is opened at once: InputError if it cannot be read, before any work.
     """
-    raw_file = _open(path)
+    return _read_lines(_open(path), settings)
+
+
+def _read_lines(raw_file: IO[bytes], settings: Settings) -> Iterator[LogRecord | BadLine]:
+    limit = max_line_bytes(settings)
     number = 0
-    rest = b""
+    pending: list[bytes] = []  # the start of a line that goes on in the next chunk
+    pending_bytes = 0
+    skipping = 0  # > 0 while dropping a line over the limit: its length so far
     try:
         chunks = _chunks(raw_file)
         while True:
             try:
                 chunk = next(chunks, None)
             except _Broken as exc:
-                where = f"line {number + 1} is incomplete" if rest else f"after line {number}"
-                yield BadLine(number + 1, f"file is truncated or corrupt: {where}: {exc}")
+                where = f"line {number + 1} is incomplete" if pending or skipping else f"after line {number}"
+                yield BadLine(number + 1, f"file is truncated or corrupt: {where}: {exc}", "truncated")
                 return
             if chunk is None:
-                lines = [rest] if rest else []
+                if skipping:
+                    yield _too_long(number + 1, skipping, settings)
+                lines = [b"".join(pending)] if pending and not skipping else []
             else:
-                lines = (rest + chunk).split(b"\n")
-                rest = lines.pop()
+                lines = chunk.split(b"\n")
+                tail = lines.pop()
+                if skipping:
+                    skipping += len(lines[0]) if lines else len(tail)
+                    if not lines:
+                        continue
+                    number += 1
+                    yield _too_long(number, skipping, settings)
+                    skipping = 0
+                    del lines[0]
+                elif pending:
+                    if not lines:
+                        pending.append(tail)
+                        pending_bytes += len(tail)
+                        if pending_bytes > limit:
+                            skipping, pending, pending_bytes = pending_bytes, [], 0
+                        continue
+                    pending.append(lines[0])
+                    lines[0] = b"".join(pending)
+                    pending, pending_bytes = [], 0
+                if len(tail) > limit:
+                    skipping = len(tail)
+                elif tail:
+                    pending, pending_bytes = [tail], len(tail)
             for raw in lines:
                 number += 1
                 if raw.endswith(b"\r"):
                     raw = raw[:-1]
+                if number == 1 and raw.startswith(_UTF8_BOM):
+                    raw = raw[len(_UTF8_BOM) :]
                 if not raw or raw.isspace():
                     continue
                 try:
                     yield _parse_line(raw, number, settings)
                 except _Bad as exc:
-                    yield BadLine(number, str(exc))
+                    yield BadLine(number, str(exc), exc.kind)
             if chunk is None:
                 return
     finally:

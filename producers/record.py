@@ -34,10 +34,10 @@ from types import FrameType
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
 from tqdm import tqdm
 
-from nudge.errors import ConfigError, DependencyUnavailable
+from nudge.errors import ConfigError
+from nudge.kafka_clients import connect
 from nudge.settings import Settings
 from producers.logfile import LogWriter, encode_record
 
@@ -69,20 +69,18 @@ class RecordStats:
 
 
 def _consumer(settings: Settings) -> KafkaConsumer:
-    try:
-        return KafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            client_id="nudge-record",
-            group_id=None,
-            enable_auto_commit=False,
-            # Never record data of aborted transactions; identical for plain producers.
-            isolation_level="read_committed",
-            max_poll_records=5000,
-            fetch_max_wait_ms=100,
-            max_partition_fetch_bytes=settings.max_message_bytes,
-        )
-    except KafkaError as exc:
-        raise DependencyUnavailable(f"Kafka is not reachable at {settings.kafka_bootstrap} ({exc})") from None
+    return connect(
+        KafkaConsumer,
+        settings,
+        client_id="nudge-record",
+        group_id=None,
+        enable_auto_commit=False,
+        # Never record data of aborted transactions; identical for plain producers.
+        isolation_level="read_committed",
+        max_poll_records=5000,
+        fetch_max_wait_ms=100,
+        max_partition_fetch_bytes=settings.max_message_bytes,
+    )
 
 
 def _assign(consumer: KafkaConsumer, settings: Settings, topics: Sequence[str]) -> list[TopicPartition]:

@@ -36,6 +36,21 @@ more than timing. `--speed max` does not pace at all.
 first valid event's `ts` is the replay's start time, written as epoch ms.
 Values that are not valid events are sent unchanged, so deliberately broken
 messages reach the dead-letter queue byte for byte.
+
+Failing fast. Kafka must answer within a few seconds (`nudge.kafka_clients`),
+`--topic-map` targets must exist before the first line is read, and every
+other topic the first time a line names it: a missing topic ends the replay
+with one line saying how to create it, instead of a client waiting a minute
+for metadata that never comes.
+
+Bad lines. A line that cannot be parsed (`producers.logfile`) is counted and
+listed by number, and the good lines around it are sent; without `--skip-bad`
+the exit status is 1. A line Kafka refuses (larger than the limit, an illegal
+topic name, a record the broker rejects; the broker's answer comes back later
+and is tied to its line) is also a bad line: with `--skip-bad` it is counted
+and the replay goes on; without it the replay stops there, after everything
+queued before it is delivered. Every ending, a stop included, prints the
+summary: messages sent per topic, bad lines per kind and the first line numbers.
 """
 
 from __future__ import annotations
@@ -45,20 +60,23 @@ import logging
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
 from kafka import KafkaConsumer
-from kafka.errors import KafkaError
 from tqdm import tqdm
 
-from nudge.errors import ConfigError, DependencyUnavailable, InputError
+from nudge.args import input_file
+from nudge.errors import ConfigError, InputError, NudgeError
 from nudge.events import Rejection, parse_event_obj
+from nudge.kafka_clients import connect
+from nudge.logs import redact
 from nudge.settings import Settings
-from producers.kafka import EventProducer
+from nudge.topics import topic_name_problem
+from producers.kafka import EventProducer, MessageRefused, Refusal
 from producers.logfile import BadLine, Header, LogRecord, event_time_ms, read_log
 
 __all__ = [
@@ -78,6 +96,8 @@ log = logging.getLogger(__name__)
 
 MAX_LISTED_BAD_LINES = 20
 PACING_SLACK_S = 0.005
+MIN_SPEED = 0.001
+MAX_SPEED = 1e6
 
 
 class MessageSink(Protocol):
@@ -92,21 +112,32 @@ class MessageSink(Protocol):
         partition: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
         timestamp_ms: int | None = None,
-    ) -> None: ...
+        tag: Any = None,
+    ) -> None:
+        """Queue a message; raise `MessageRefused` if Kafka will never take it."""
 
-    def flush(self, timeout: float | None = 60.0) -> None: ...
+    def take_refused(self) -> list[Refusal]:
+        """Messages the broker refused since the last call, with the tag they were sent with."""
+
+    def flush(self, timeout: float | None = 60.0) -> None:
+        """Wait until every message is delivered (refusals not taken count as losses)."""
 
 
 def parse_speed(text: str) -> float | None:
-    """`max` -> None (no pacing); otherwise a factor > 0 (1 = original timing)."""
+    """`max` -> None (no pacing); otherwise a factor in MIN_SPEED..MAX_SPEED (1 = original timing).
+
+    >>> parse_speed("max"), parse_speed("2.5")
+    (None, 2.5)
+    """
     if text.strip().lower() == "max":
         return None
+    allowed = f"expected a number from {MIN_SPEED:g} to {MAX_SPEED:g}, or 'max'"
     try:
         speed = float(text)
     except ValueError:
-        raise ConfigError(f"--speed: expected a number > 0 or 'max', got {text!r}") from None
-    if not speed > 0 or speed == float("inf"):
-        raise ConfigError(f"--speed: expected a number > 0 or 'max', got {text!r}")
+        raise ConfigError(f"--speed: {allowed}, got {text[:40]!r}") from None
+    if not MIN_SPEED <= speed <= MAX_SPEED:  # NaN fails too
+        raise ConfigError(f"--speed: {allowed} (no pacing), got {text[:40]!r}")
     return speed
 
 
@@ -123,7 +154,11 @@ def parse_topic_map(text: str) -> dict[str, str]:
             continue
         source, sep, target = (s.strip() for s in part.partition("="))
         if not sep or not source or not target:
-            raise ConfigError(f"--topic-map: expected FROM=TO, got {part!r}")
+            raise ConfigError(f"--topic-map: expected FROM=TO, got {part[:80]!r}")
+        for name in (source, target):
+            problem = topic_name_problem(name)
+            if problem is not None:
+                raise ConfigError(f"--topic-map: in {part[:80]!r}: {problem}")
         if source in mapping and mapping[source] != target:
             raise ConfigError(f"--topic-map: {source!r} is mapped twice ({mapping[source]!r} and {target!r})")
         mapping[source] = target
@@ -207,13 +242,17 @@ class TimeShifter:
 
 @dataclass
 class ReplayStats:
-    """What a replay did. `bad_lines` lists the first MAX_LISTED_BAD_LINES."""
+    """What a replay did. `sent` counts messages Kafka took (a refusal that comes
+    back later is moved from `sent` to the bad lines); `bad_lines` lists the
+    first MAX_LISTED_BAD_LINES, `bad_by_kind` counts them all."""
 
     path: Path
+    lines: int = 0
     sent: int = 0
     by_topic: Counter[str] = field(default_factory=Counter)
     bad_count: int = 0
     bad_lines: list[BadLine] = field(default_factory=list)
+    bad_by_kind: Counter[str] = field(default_factory=Counter)
     shifted: int = 0
     not_shifted: int = 0
     shift_ms: int | None = None
@@ -222,38 +261,66 @@ class ReplayStats:
     paced_sleep_s: float = 0.0
     elapsed_s: float = 0.0
     limit_reached: bool = False
+    started: bool = False
+    not_delivered: str = ""  # what flushing reported when the replay was stopped by another error
 
     @property
     def rate(self) -> float:
         """Messages per second over the whole replay (flush included)."""
         return self.sent / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
+    def add_bad(self, bad: BadLine) -> None:
+        self.bad_count += 1
+        self.bad_by_kind[bad.kind] += 1
+        if len(self.bad_lines) < MAX_LISTED_BAD_LINES:
+            self.bad_lines.append(bad)
 
-class _PartitionCounts:
-    """Partition count per topic, from cluster metadata, looked up on first need."""
+
+class _TopicMetadata:
+    """Partition count per topic from cluster metadata, looked up on a topic's first use.
+
+    A topic that does not exist is a ConfigError naming it: kafka-python would
+    otherwise block each send for a minute waiting for its metadata.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._consumer: KafkaConsumer | None = None
-        self._counts: dict[str, int | None] = {}
+        self._counts: dict[str, int] = {}
 
-    def __call__(self, topic: str) -> int | None:
-        if topic not in self._counts:
-            if self._consumer is None:
-                try:
-                    self._consumer = KafkaConsumer(
-                        bootstrap_servers=self._settings.kafka_bootstrap,
-                        client_id="nudge-replay-metadata",
-                        group_id=None,
-                        enable_auto_commit=False,
-                    )
-                except KafkaError as exc:
-                    raise DependencyUnavailable(
-                        f"Kafka is not reachable at {self._settings.kafka_bootstrap} ({exc})"
-                    ) from None
+    def __call__(self, topic: str) -> int:
+        count = self._counts.get(topic)
+        if count is None:
+            self.require([topic])
+            count = self._counts[topic]
+        return count
+
+    def require(self, topics: Iterable[str], why: str = "") -> None:
+        """Look the topics up; ConfigError naming every one that does not exist."""
+        if self._consumer is None:
+            self._consumer = connect(
+                KafkaConsumer,
+                self._settings,
+                client_id="nudge-replay-metadata",
+                group_id=None,
+                enable_auto_commit=False,
+            )
+        missing = []
+        for topic in dict.fromkeys(topics):
+            if topic in self._counts:
+                continue
             partitions = self._consumer.partitions_for_topic(topic)
-            self._counts[topic] = len(partitions) if partitions else None
-        return self._counts[topic]
+            if partitions:
+                self._counts[topic] = len(partitions)
+            else:
+                missing.append(topic)
+        if missing:
+            names = ", ".join(repr(redact(t)) for t in missing)
+            raise ConfigError(
+                f"topic {names} does not exist on {self._settings.kafka_bootstrap}{why}; create it first "
+                "(`nudge topics` creates the configured topics, named by NUDGE_TOPIC_*), "
+                "or send it elsewhere with --topic-map"
+            )
 
     def close(self) -> None:
         if self._consumer is not None:
@@ -278,14 +345,37 @@ def _choose_partition(
         return None  # the key decides (murmur2)
     count = partition_count(topic)
     if count is None:
-        # Unknown topic: the producer will create it (if the broker allows) and pick.
-        return None
+        return None  # unknown to the caller's lookup: the producer picks
     if keep_partitions and rec.partition >= count:
         raise InputError(
             f"line {rec.line}: recorded partition {rec.partition} does not exist in {topic!r} "
             f"({count} partitions); drop --keep-partitions to let the key decide"
         )
     return rec.partition % count
+
+
+class _Refusals:
+    """Turns Kafka's refusals into bad lines: counted with --skip-bad, else the end of the replay."""
+
+    def __init__(self, stats: ReplayStats, skip_bad: bool) -> None:
+        self._stats = stats
+        self._skip_bad = skip_bad
+        self.stopping = False  # already ending: count, do not raise again
+
+    def refused(self, line: int, topic: str | None, reason: str, *, was_sent: bool) -> None:
+        stats = self._stats
+        if was_sent and topic is not None:
+            stats.sent -= 1
+            stats.by_topic[topic] -= 1
+        kind = "refused" if topic is not None else "bad_topic"
+        stats.add_bad(BadLine(line, reason, kind))
+        if not self._skip_bad and not self.stopping:
+            raise InputError(f"line {line}: {reason}; replay stopped there (--skip-bad skips such lines and goes on)")
+
+    def collect(self, sink: MessageSink) -> None:
+        for refusal in sink.take_refused():
+            line, topic = refusal.tag
+            self.refused(line, topic, refusal.reason, was_sent=True)
 
 
 def replay(
@@ -297,45 +387,131 @@ def replay(
     topic_map: Mapping[str, str] | None = None,
     limit: int | None = None,
     keep_partitions: bool = False,
+    skip_bad: bool = True,
     producer: MessageSink | None = None,
     partition_count: Callable[[str], int | None] | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     now_ms: Callable[[], int] | None = None,
     progress: bool = False,
+    stats: ReplayStats | None = None,
 ) -> ReplayStats:
     """Send every good line of `path` to Kafka; bad lines are counted, not fatal.
 
+    A line Kafka refuses is a bad line too; with `skip_bad=False` it ends the
+    replay with InputError (naming the line) once the lines before it are
+    delivered. `stats`, when given, is filled in place, so a caller still has
+    the counts when the replay stops with an error.
+
     `producer` defaults to a new EventProducer (closed at the end); a given one
-    is flushed but left open. `partition_count`, `clock`, `sleep` and `now_ms`
-    exist for tests. Raises DeliveryError if Kafka lost a message.
+    is flushed but left open. `partition_count` replaces the cluster metadata
+    lookup (which also refuses topics that do not exist); it, `clock`, `sleep`
+    and `now_ms` exist for tests and benchmarks. Raises DeliveryError if Kafka
+    lost a message, ConfigError for a topic that does not exist.
     """
     if limit is not None and limit < 0:
         raise ConfigError(f"--limit must be >= 0, got {limit}")
     topic_map = dict(topic_map or {})
     wall_ms = now_ms or (lambda: time.time_ns() // 1_000_000)
-    stats = ReplayStats(path)
+    stats = ReplayStats(path) if stats is None else stats
     pacer = Pacer(speed, clock=clock, sleep=sleep)
     shifter = TimeShifter(settings, wall_ms) if shift_to_now else None
-    own_counts = partition_count is None
-    counts: Callable[[str], int | None] = _PartitionCounts(settings) if partition_count is None else partition_count
+    metadata: _TopicMetadata | None = None
+    counts: Callable[[str], int | None]
+    if partition_count is None:
+        metadata = counts = _TopicMetadata(settings)
+    else:
+        counts = partition_count
+    refusals = _Refusals(stats, skip_bad)
+    items = read_log(path, settings) if limit != 0 else iter(())  # a file we cannot read fails before Kafka
     owned: EventProducer | None = None
-    if producer is None:
-        producer = owned = EventProducer(settings, client_id="nudge-replay")
-    bar = tqdm(total=limit, unit="msg", desc="replay", disable=not progress, file=sys.stderr, mininterval=0.5)
-    started = clock()
+    bar: tqdm[Any] | None = None
+    try:
+        if metadata is not None and topic_map:
+            metadata.require(topic_map.values(), " (a --topic-map target)")
+        if producer is None:
+            producer = owned = EventProducer(settings, client_id="nudge-replay")
+        bar = tqdm(total=limit, unit="msg", desc="replay", disable=not progress, file=sys.stderr, mininterval=0.5)
+        started = clock()
+        stats.started = True
+        try:
+            _send_all(
+                items,
+                producer,
+                stats,
+                bar,
+                topic_map=topic_map,
+                limit=limit,
+                keep_partitions=keep_partitions,
+                pacer=pacer,
+                shifter=shifter,
+                counts=counts,
+                checked=metadata,
+                refusals=refusals,
+            )
+        except BaseException:
+            # Stopping: deliver what was queued first (nothing lost); its refusals are bad lines too.
+            refusals.stopping = True
+            try:
+                producer.flush()
+                refusals.collect(producer)
+            except NudgeError as exc:
+                stats.not_delivered = str(exc)
+            raise
+        else:
+            producer.flush()
+            refusals.collect(producer)
+        finally:
+            stats.elapsed_s = clock() - started
+    finally:
+        if bar is not None:
+            bar.close()
+        if metadata is not None:
+            metadata.close()
+        if owned is not None:
+            owned.close()
+    if shifter is not None:
+        stats.shifted, stats.not_shifted, stats.shift_ms = shifter.shifted, shifter.unchanged, shifter.delta_ms
+        stats.beyond_future_limit = shifter.beyond_future_limit
+    return stats
+
+
+def _send_all(
+    items: Iterator[LogRecord | BadLine],
+    producer: MessageSink,
+    stats: ReplayStats,
+    bar: tqdm[Any],
+    *,
+    topic_map: dict[str, str],
+    limit: int | None,
+    keep_partitions: bool,
+    pacer: Pacer,
+    shifter: TimeShifter | None,
+    counts: Callable[[str], int | None],
+    checked: _TopicMetadata | None,
+    refusals: _Refusals,
+) -> None:
+    """The replay loop: one send per good line, in file order."""
+    if limit == 0:
+        stats.limit_reached = True
+    known_topics: set[str] = set()
     pending_bar = 0
     by_topic = stats.by_topic
     try:
-        if limit == 0:
-            stats.limit_reached = True
-        for item in read_log(path, settings) if limit != 0 else ():
+        for item in items:
+            stats.lines = item.line
             if isinstance(item, BadLine):
-                stats.bad_count += 1
-                if len(stats.bad_lines) < MAX_LISTED_BAD_LINES:
-                    stats.bad_lines.append(item)
+                stats.add_bad(item)
                 continue
             topic = topic_map.get(item.topic, item.topic)
+            if topic not in known_topics:
+                problem = topic_name_problem(topic)
+                if problem is not None:
+                    refusals.refused(item.line, None, redact(problem), was_sent=False)
+                    continue
+                if checked is not None:
+                    checked.require([topic], f" (line {item.line} goes to it)")
+                known_topics.add(topic)
             if pacer.speed is not None:
                 stats.paced_sleep_s += pacer.wait(item.time_ms)
             value = item.value if shifter is None else shifter.shift(item.value)
@@ -343,9 +519,14 @@ def replay(
             if item.partition is not None and (item.key is None or keep_partitions):
                 partition = _choose_partition(item, topic, keep_partitions, counts)
             headers = _sendable_headers(item.headers, stats) if item.headers else None
-            producer.send(topic, value, item.key, partition=partition, headers=headers)
+            try:
+                producer.send(topic, value, item.key, partition=partition, headers=headers, tag=(item.line, topic))
+            except MessageRefused as exc:
+                refusals.refused(item.line, topic, exc.reason, was_sent=False)
+                continue
             stats.sent += 1
             by_topic[topic] += 1
+            refusals.collect(producer)
             pending_bar += 1
             if pending_bar >= 1000:
                 bar.update(pending_bar)
@@ -353,19 +534,8 @@ def replay(
             if stats.sent == limit:
                 stats.limit_reached = True
                 break
-        producer.flush()
     finally:
         bar.update(pending_bar)
-        bar.close()
-        if own_counts and isinstance(counts, _PartitionCounts):
-            counts.close()
-        if owned is not None:
-            owned.close()
-    stats.elapsed_s = clock() - started
-    if shifter is not None:
-        stats.shifted, stats.not_shifted, stats.shift_ms = shifter.shifted, shifter.unchanged, shifter.delta_ms
-        stats.beyond_future_limit = shifter.beyond_future_limit
-    return stats
 
 
 # --- CLI -------------------------------------------------------------------------
@@ -399,7 +569,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "Replay a recorded log (nudge record) or a JSONL file of events into Kafka, keeping per-key order. "
         "Format: see producers/logfile.py."
     )
-    parser.add_argument("file", type=Path, help="log to replay: .jsonl.gz or .jsonl, recorded messages or plain events")
+    parser.add_argument(
+        "file", type=input_file, help="log to replay: .jsonl.gz or .jsonl, recorded messages or plain events"
+    )
     parser.add_argument(
         "--speed",
         type=_arg(parse_speed),
@@ -424,7 +596,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="send recorded messages to their recorded partition instead of letting the key decide",
     )
-    parser.add_argument("--skip-bad", action="store_true", help="exit 0 even if some lines could not be replayed")
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="count lines that cannot be replayed (or that Kafka refuses) and go on, exit 0; "
+        "without it such lines give exit 1, and a line Kafka refuses stops the replay",
+    )
     parser.add_argument("--limit", type=_non_negative, default=None, metavar="N", help="send at most N messages")
     parser.epilog = settings_epilog(
         "kafka_bootstrap", "topic_clicks", "topic_purchases", "topic_app_events", "max_event_bytes", "max_future_ms"
@@ -432,15 +609,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=run)
 
 
-def _print_summary(stats: ReplayStats, settings: Settings) -> None:
+def _print_summary(stats: ReplayStats, settings: Settings, *, stopped: bool = False) -> None:
     out = sys.stdout
-    how = " (limit reached)" if stats.limit_reached else ""
+    how = " (stopped)" if stopped else " (limit reached)" if stats.limit_reached else ""
     print(
         f"replayed {stats.sent:,} messages from {stats.path} in {stats.elapsed_s:.2f} s ({stats.rate:,.0f} msg/s){how}",
         file=out,
     )
     for topic, count in sorted(stats.by_topic.items()):
         print(f"  {topic:30} {count:>10,}", file=out)
+    if not stats.lines and not stopped:
+        print("  the file has no lines to replay (empty or blank)", file=out)
     if stats.paced_sleep_s:
         print(f"  paced: slept {stats.paced_sleep_s:.2f} s in total", file=out)
     if stats.shift_ms is not None or stats.not_shifted:
@@ -455,27 +634,51 @@ def _print_summary(stats: ReplayStats, settings: Settings) -> None:
         )
     if stats.null_headers_sent_empty:
         print(f"  note: {stats.null_headers_sent_empty:,} null header values sent as empty (kafka-python)", file=out)
-    print(f"bad lines: {stats.bad_count:,}", file=out)
+    if stats.not_delivered:
+        print(f"  warning: while stopping, {stats.not_delivered}", file=out)
+    kinds = ", ".join(f"{kind} {n:,}" for kind, n in stats.bad_by_kind.most_common())
+    first = ", ".join(str(bad.line) for bad in stats.bad_lines[:10])
+    detail = f" ({kinds}) at lines {first}{', ...' if stats.bad_count > 10 else ''}" if stats.bad_count else ""
+    print(f"bad lines: {stats.bad_count:,}{detail}", file=out)
+
+
+def _print_bad_lines(stats: ReplayStats) -> None:
+    listed = "\n".join(f"  {bad}" for bad in stats.bad_lines)
+    more = stats.bad_count - len(stats.bad_lines)
+    tail = f"\n  ... and {more:,} more" if more else ""
+    print(f"nudge replay: {stats.bad_count:,} bad line(s) in {stats.path}:\n{listed}{tail}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    stats = replay(
-        args.file,
-        settings,
-        speed=args.speed,
-        shift_to_now=args.shift_to_now,
-        topic_map=args.topic_map,
-        limit=args.limit,
-        keep_partitions=args.keep_partitions,
-        progress=sys.stderr.isatty(),
-    )
+    stats = ReplayStats(args.file)
+    try:
+        replay(
+            args.file,
+            settings,
+            speed=args.speed,
+            shift_to_now=args.shift_to_now,
+            topic_map=args.topic_map,
+            limit=args.limit,
+            keep_partitions=args.keep_partitions,
+            skip_bad=args.skip_bad,
+            progress=sys.stderr.isatty(),
+            stats=stats,
+        )
+    except (NudgeError, KeyboardInterrupt):
+        # The summary of what was done, then the CLI edge prints the one line saying why it stopped.
+        if stats.started and (stats.sent or stats.bad_count):
+            _print_summary(stats, settings, stopped=True)
+            if stats.bad_count > 1:
+                _print_bad_lines(stats)
+        raise
     _print_summary(stats, settings)
     if stats.bad_count:
-        listed = "\n".join(f"  {bad}" for bad in stats.bad_lines)
-        more = stats.bad_count - len(stats.bad_lines)
-        tail = f"\n  ... and {more:,} more" if more else ""
-        print(f"nudge replay: {stats.bad_count:,} bad line(s) in {args.file}:\n{listed}{tail}", file=sys.stderr)
+        _print_bad_lines(stats)
         if not args.skip_bad:
-            print("nudge replay: good lines were sent; exiting 1 (use --skip-bad to accept bad lines)", file=sys.stderr)
+            if stats.sent:
+                verdict = f"the other {stats.sent:,} messages were sent; exiting 1 because of the bad lines"
+            else:
+                verdict = "nothing was sent: no line could be replayed; exiting 1"
+            print(f"nudge replay: {verdict} (--skip-bad accepts bad lines)", file=sys.stderr)
             return 1
     return 0

@@ -217,3 +217,84 @@ def test_plain_events_with_unknown_type_or_no_user_id_are_bad_lines(tmp_path: Pa
 )
 def test_event_time_ms(ts: object, expected: int | None) -> None:
     assert event_time_ms(ts) == expected
+
+
+# --- hostile files: a verdict per line, never a traceback ---------------------------
+
+
+def _raw(path: Path, data: bytes) -> list[LogRecord | BadLine]:
+    path.write_bytes(data)
+    return _read(path)
+
+
+def _bad(items: list[LogRecord | BadLine]) -> list[tuple[int, str]]:
+    return [(b.line, b.kind) for b in items if isinstance(b, BadLine)]
+
+
+def _event_line(i: int, **extra: object) -> bytes:
+    return orjson.dumps({"event_id": f"e{i}", "type": "page_view", "user_id": f"u{i}", "ts": 1, **extra})
+
+
+def test_invalid_utf8_is_named_by_its_byte_not_by_orjsons_surrogate_message(tmp_path: Path) -> None:
+    items = _raw(tmp_path / "u.jsonl", _event_line(1) + b"\n" + b'{"type": "caf\xc3\x28"}\n')
+    bad = [b for b in items if isinstance(b, BadLine)]
+    assert [str(b) for b in bad] == ["line 2: not valid UTF-8 at byte 14"]
+    assert bad[0].kind == "not_utf8"
+
+
+def test_a_utf16_file_says_so(tmp_path: Path) -> None:
+    items = _raw(tmp_path / "w.jsonl", '{"type": "page_view"}\n'.encode("utf-16"))
+    assert "looks UTF-16" in str(items[0])
+
+
+def test_a_utf8_bom_at_the_start_is_skipped(tmp_path: Path) -> None:
+    items = _raw(tmp_path / "bom.jsonl", b"\xef\xbb\xbf" + _event_line(1) + b"\r\n" + _event_line(2) + b"\r\n")
+    assert [r.key for r in items if isinstance(r, LogRecord)] == [b"u1", b"u2"]
+
+
+def test_nul_bytes_binary_junk_and_json_that_is_not_an_object(tmp_path: Path) -> None:
+    data = b'{"type": "page\x00view"}\n' + b"\x89PNG\x1a\x00\xff\xd8\x00" + b"\n[1, 2]\n42\n" + _event_line(5) + b"\n"
+    items = _raw(tmp_path / "j.jsonl", data)
+    assert _bad(items) == [(1, "not_json"), (2, "not_utf8"), (3, "not_object"), (4, "not_object")]
+    assert "NUL byte at byte 15" in str(items[0])
+    assert isinstance(items[-1], LogRecord)
+
+
+def test_deep_nesting_is_a_bad_line_whether_orjson_refuses_to_read_or_to_write_it(tmp_path: Path) -> None:
+    deep_read = b'{"type": "page_view", "user_id": "u", "x": ' + b"[" * 1100 + b"]" * 1100 + b"}"
+    deep_write = b'{"type": "page_view", "user_id": "u", "x": ' + b"[" * 300 + b"]" * 300 + b"}"
+    items = _raw(tmp_path / "d.jsonl", deep_read + b"\n" + deep_write + b"\n" + _event_line(3) + b"\n")
+    assert _bad(items) == [(1, "too_deep"), (2, "too_deep")]
+    assert isinstance(items[2], LogRecord)
+
+
+def test_a_line_too_long_for_any_message_is_skipped_unread(tmp_path: Path) -> None:
+    small = Settings.from_env({"NUDGE_MAX_MESSAGE_BYTES": "100000"})  # lines up to 6 x 100 kB + 64 KiB
+    huge = b'{"type": "page_view", "pad": "' + b"x" * 2_000_000 + b'"}'
+    for data, expected in (
+        (_event_line(1) + b"\n" + huge + b"\n" + _event_line(3) + b"\n", [(2, "too_long")]),
+        (_event_line(1) + b"\n" + huge, [(2, "too_long")]),  # no final newline
+    ):
+        for name in ("h.jsonl", "h.jsonl.gz"):
+            path = tmp_path / name
+            path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+            items = _read(path, small)
+            assert _bad(items) == expected, name
+            assert "longer than" in str(items[1]) and "NUDGE_MAX_MESSAGE_BYTES" in str(items[1])
+            assert [r.line for r in items if isinstance(r, LogRecord)] == [1, 3][: len(items) - 1]
+
+
+def test_gzip_output_is_read_in_bounded_pieces(tmp_path: Path) -> None:
+    from producers import logfile
+
+    path = tmp_path / "bomb.jsonl.gz"
+    path.write_bytes(gzip.compress(b"\n" * 50_000_000))  # 50 MB from about 50 kB
+    with open(path, "rb") as raw:
+        sizes = [len(piece) for piece in logfile._chunks(raw)]
+    assert max(sizes) <= logfile._PIECE and sum(sizes) == 50_000_000
+
+
+def test_empty_file_and_directory(tmp_path: Path) -> None:
+    assert _raw(tmp_path / "empty.jsonl", b"") == []
+    with pytest.raises(InputError, match="is a directory"):
+        _read(tmp_path)

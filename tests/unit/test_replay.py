@@ -12,10 +12,16 @@ import producers.replay as replay_mod
 from nudge.cli import main
 from nudge.errors import ConfigError, InputError
 from nudge.settings import Settings
+from producers.kafka import MessageRefused, Refusal
 from producers.logfile import LogWriter, encode_event, encode_record
-from producers.replay import Pacer, TimeShifter, parse_speed, parse_topic_map, replay
+from producers.replay import Pacer, ReplayStats, TimeShifter, parse_speed, parse_topic_map, replay
 
 SETTINGS = Settings.from_env({})
+
+
+def SIX(_topic: str) -> int:
+    """Partition count of every topic (stands in for the cluster metadata lookup)."""
+    return 6
 
 
 class FakeSink:
@@ -35,16 +41,41 @@ class FakeSink:
         partition: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
         timestamp_ms: int | None = None,
+        tag: Any = None,
     ) -> None:
         self.sent.append(
             {"topic": topic, "value": value, "key": key, "partition": partition, "headers": headers, "ts": timestamp_ms}
         )
+
+    def take_refused(self) -> list[Any]:
+        return []
 
     def flush(self, timeout: float | None = 60.0) -> None:
         self.flushed += 1
 
     def close(self, timeout: float | None = 30.0) -> None:
         self.closed = True
+
+
+class RefusingSink(FakeSink):
+    """Refuses values longer than `max_bytes` at once, and values holding b"LATE"
+    later, the way the broker's answer comes back after `send` returned."""
+
+    def __init__(self, max_bytes: int = 1000) -> None:
+        super().__init__()
+        self.max_bytes = max_bytes
+        self.late: list[Refusal] = []
+
+    def send(self, topic: str, value: bytes | None, key: bytes | None = None, **kw: Any) -> None:
+        if value is not None and len(value) > self.max_bytes:
+            raise MessageRefused(f"message is {len(value):,} bytes, over the limit", kw.get("tag"))
+        super().send(topic, value, key, **kw)
+        if value is not None and b"LATE" in value:
+            self.late.append(Refusal(kw.get("tag"), "Kafka refused the message (MessageSizeTooLargeError)"))
+
+    def take_refused(self) -> list[Any]:
+        late, self.late = self.late, []
+        return late
 
 
 class FakeClock:
@@ -80,7 +111,9 @@ def test_parse_topic_map() -> None:
     assert parse_topic_map("a=b,a=b") == {"a": "b"}
 
 
-@pytest.mark.parametrize("text", ["clicks", "=b", "a=", "a=b,a=c", "a=b,,c"])
+@pytest.mark.parametrize(
+    "text", ["clicks", "=b", "a=", "a=b,a=c", "a=b,,c", "a=b=c", "clicks=my clicks", "clicks=..", "c=" + "x" * 250]
+)
 def test_parse_topic_map_errors(text: str) -> None:
     with pytest.raises(ConfigError, match="--topic-map"):
         parse_topic_map(text)
@@ -91,14 +124,26 @@ def test_parse_speed() -> None:
     assert parse_speed("MAX") is None
     assert parse_speed("10") == 10.0
     assert parse_speed("0.5") == 0.5
-    for bad in ("0", "-1", "fast", "nan", "inf"):
+    assert parse_speed("0.001") == 0.001
+    assert parse_speed("1e6") == 1e6
+    for bad in ("0", "-1", "fast", "nan", "inf", "1e-300", "0.0009", "1e7"):
         with pytest.raises(ConfigError, match="--speed"):
             parse_speed(bad)
 
 
-def test_cli_rejects_a_bad_topic_map_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_rejects_an_absurd_speed_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "log.jsonl").write_bytes(b"")
     with pytest.raises(SystemExit) as exc:
-        main(["replay", "log.jsonl.gz", "--topic-map", "clicks"])
+        main(["replay", str(tmp_path / "log.jsonl"), "--speed", "1e-300"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--speed" in err and "0.001" in err
+
+
+def test_cli_rejects_a_bad_topic_map_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "log.jsonl").write_bytes(b"")
+    with pytest.raises(SystemExit) as exc:
+        main(["replay", str(tmp_path / "log.jsonl"), "--topic-map", "clicks"])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
@@ -145,7 +190,7 @@ def test_replay_paces_the_whole_file(tmp_path: Path) -> None:
     # 101 events 100 ms apart = 10 s of original time; at 4x it takes 2.5 s.
     path = _log(tmp_path / "p.jsonl", [encode_event(_event(i, 1_700_000_000_000 + 100 * i)) for i in range(101)])
     clock = FakeClock()
-    stats = replay(path, SETTINGS, speed=4.0, producer=FakeSink(), clock=clock, sleep=clock.sleep)
+    stats = replay(path, SETTINGS, speed=4.0, producer=FakeSink(), clock=clock, sleep=clock.sleep, partition_count=SIX)
     assert stats.sent == 101
     assert clock.now - 1000.0 == pytest.approx(2.5)
     assert stats.elapsed_s == pytest.approx(2.5)
@@ -222,7 +267,7 @@ def test_replay_sends_good_lines_in_order_and_reports_bad_ones(tmp_path: Path) -
 
 def test_only_the_first_bad_lines_are_listed_but_all_are_counted(tmp_path: Path) -> None:
     path = _log(tmp_path / "bad.jsonl", [b"nope\n"] * 25 + [encode_event(_event(1, 1))])
-    stats = replay(path, SETTINGS, producer=FakeSink())
+    stats = replay(path, SETTINGS, producer=FakeSink(), partition_count=SIX)
     assert stats.sent == 1
     assert stats.bad_count == 25
     assert [b.line for b in stats.bad_lines] == list(range(1, 21))
@@ -248,15 +293,15 @@ def test_keep_partitions_uses_recorded_partitions_and_refuses_missing_ones(tmp_p
 def test_limit_stops_after_n_messages(tmp_path: Path) -> None:
     path = _log(tmp_path / "l.jsonl", [encode_event(_event(i, i)) for i in range(10)])
     sink = FakeSink()
-    stats = replay(path, SETTINGS, producer=sink, limit=3)
+    stats = replay(path, SETTINGS, producer=sink, limit=3, partition_count=SIX)
     assert (stats.sent, stats.limit_reached, len(sink.sent)) == (3, True, 3)
-    assert replay(path, SETTINGS, producer=FakeSink(), limit=0).sent == 0
+    assert replay(path, SETTINGS, producer=FakeSink(), limit=0, partition_count=SIX).sent == 0
 
 
 def test_null_header_values_are_sent_empty_and_counted(tmp_path: Path) -> None:
     path = _log(tmp_path / "h.jsonl", [encode_record("t", 0, 0, 1, b"k", b"v", [("a", None), ("b", b"1")])])
     sink = FakeSink()
-    stats = replay(path, SETTINGS, producer=sink)
+    stats = replay(path, SETTINGS, producer=sink, partition_count=SIX)
     assert sink.sent[0]["headers"] == [("a", b""), ("b", b"1")]
     assert stats.null_headers_sent_empty == 1
 
@@ -271,13 +316,182 @@ def test_cli_exit_code_depends_on_bad_lines_and_skip_bad(
         return sinks[-1]
 
     monkeypatch.setattr(replay_mod, "EventProducer", fake_producer)
+    monkeypatch.setattr(replay_mod, "_TopicMetadata", FakeMetadata)
     path = _log(tmp_path / "c.jsonl", [encode_event(_event(1, 1)), b"{broken\n", encode_event(_event(2, 2))])
 
     assert main(["replay", str(path)]) == 1
     out, err = capsys.readouterr()
     assert "replayed 2 messages" in out
     assert "line 2: not valid JSON" in err and "1 bad line(s)" in err
+    assert "the other 2 messages were sent" in err
     assert len(sinks[-1].sent) == 2 and sinks[-1].closed
 
     assert main(["replay", str(path), "--skip-bad"]) == 0
     assert len(sinks[-1].sent) == 2
+
+
+class FakeMetadata:
+    """Stands in for the cluster metadata lookup: every topic exists but `missing`."""
+
+    missing: frozenset[str] = frozenset()
+
+    def __init__(self, _settings: Settings) -> None:
+        pass
+
+    def __call__(self, topic: str) -> int:
+        return 6
+
+    def require(self, topics: Any, why: str = "") -> None:
+        absent = [t for t in topics if t in self.missing]
+        if absent:
+            raise ConfigError(f"topic {absent[0]!r} does not exist{why}; create it first (`nudge topics` ...)")
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_kafka(monkeypatch: pytest.MonkeyPatch) -> list[FakeSink]:
+    """`nudge replay` in-process against a RefusingSink and FakeMetadata."""
+    sinks: list[FakeSink] = []
+
+    def fake_producer(*args: Any, **kwargs: Any) -> FakeSink:
+        sinks.append(RefusingSink())
+        return sinks[-1]
+
+    monkeypatch.setattr(replay_mod, "EventProducer", fake_producer)
+    monkeypatch.setattr(replay_mod, "_TopicMetadata", FakeMetadata)
+    return sinks
+
+
+def test_a_junk_file_does_not_claim_good_lines_were_sent(
+    tmp_path: Path, fake_kafka: list[FakeSink], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "junk.jsonl"
+    path.write_bytes(b"hello\n\xff\xfe junk\nnot json +447911123456\n[1, 2]\n")
+
+    assert main(["replay", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert "good lines were sent" not in err and "other" not in err
+    assert "nothing was sent" in err
+    assert "bad lines: 4 (not_json 2, not_utf8 1, not_object 1) at lines 1, 2, 3, 4" in out
+    assert "line 2: not valid UTF-8 at byte 1" in err
+    assert "surrogates" not in err and "Traceback" not in err
+
+
+def test_a_line_over_the_size_limit_is_a_bad_line_with_skip_bad(tmp_path: Path) -> None:
+    lines = [encode_event(_event(1, 1)), encode_event(_event(2, 2, pad="x" * 5000)), encode_event(_event(3, 3))]
+    sink = RefusingSink(max_bytes=1000)
+    stats = replay(_log(tmp_path / "big.jsonl", lines), SETTINGS, producer=sink, partition_count=SIX)
+    assert [orjson.loads(m["value"])["event_id"] for m in sink.sent] == ["e1", "e3"]
+    assert (stats.sent, stats.bad_count, dict(stats.bad_by_kind)) == (2, 1, {"refused": 1})
+    assert stats.bad_lines[0].line == 2 and "5," in stats.bad_lines[0].reason
+
+
+def test_without_skip_bad_a_refused_line_stops_the_replay_after_delivering_the_lines_before(tmp_path: Path) -> None:
+    lines = [encode_event(_event(1, 1)), encode_event(_event(2, 2, pad="x" * 5000)), encode_event(_event(3, 3))]
+    sink = RefusingSink(max_bytes=1000)
+    stats = ReplayStats(tmp_path / "big.jsonl")
+    with pytest.raises(InputError, match=r"^line 2: message is .* bytes.*stopped.*--skip-bad"):
+        replay(_log(stats.path, lines), SETTINGS, producer=sink, partition_count=SIX, skip_bad=False, stats=stats)
+    assert len(sink.sent) == 1 and sink.flushed == 1
+    assert (stats.sent, stats.bad_count) == (1, 1)
+
+
+def test_a_refusal_that_comes_back_later_is_tied_to_its_line(tmp_path: Path) -> None:
+    lines = [encode_event(_event(i, i, note="LATE" if i == 3 else "")) for i in range(1, 6)]
+    sink = RefusingSink()
+    stats = replay(_log(tmp_path / "late.jsonl", lines), SETTINGS, producer=sink, partition_count=SIX)
+    assert (stats.sent, sum(stats.by_topic.values()), stats.bad_count) == (4, 4, 1)
+    assert stats.bad_lines[0].line == 3 and stats.bad_lines[0].kind == "refused"
+
+    sink = RefusingSink()
+    with pytest.raises(InputError, match=r"^line 3: Kafka refused"):
+        replay(_log(tmp_path / "late2.jsonl", lines), SETTINGS, producer=sink, partition_count=SIX, skip_bad=False)
+
+
+def test_cli_oversized_line_stops_with_a_summary_and_one_line(
+    tmp_path: Path, fake_kafka: list[FakeSink], capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = [encode_event(_event(1, 1)), encode_event(_event(2, 2, pad="x" * 5000)), encode_event(_event(3, 3))]
+    path = _log(tmp_path / "big.jsonl", lines)
+
+    assert main(["replay", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert "replayed 1 messages" in out and "(stopped)" in out and "refused 1" in out
+    assert err.strip().splitlines() == [err.strip().splitlines()[-1]]
+    assert err.startswith("nudge replay: error: line 2: message is")
+
+    assert main(["replay", str(path), "--skip-bad"]) == 0
+    out, err = capsys.readouterr()
+    assert "replayed 2 messages" in out and "line 2: message is" in err
+    assert len(fake_kafka[-1].sent) == 2
+
+
+def test_an_illegal_topic_name_in_a_record_is_a_bad_line(tmp_path: Path) -> None:
+    lines = [encode_record("my clicks", 0, 0, 1, b"k", b"v"), encode_record("clicks", 0, 1, 1, b"k", b"v")]
+    sink = FakeSink()
+    stats = replay(_log(tmp_path / "t.jsonl", lines), SETTINGS, producer=sink, partition_count=SIX)
+    assert [m["topic"] for m in sink.sent] == ["clicks"]
+    assert stats.bad_lines[0].line == 1 and stats.bad_lines[0].kind == "bad_topic"
+
+
+def test_a_missing_topic_map_target_fails_before_anything_is_read(
+    tmp_path: Path, fake_kafka: list[FakeSink], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(FakeMetadata, "missing", frozenset({"no-such-topic"}))
+    path = _log(tmp_path / "m.jsonl", [encode_event(_event(1, 1))])
+    assert main(["replay", str(path), "--topic-map", "clicks=no-such-topic"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1
+    assert "'no-such-topic' does not exist" in err and "nudge topics" in err
+    assert fake_kafka == []  # no producer was even built
+
+
+class FakeConsumer:
+    def __init__(self, topics: dict[str, int]) -> None:
+        self.topics = topics
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return set(range(self.topics.get(topic, 0)))
+
+    def close(self) -> None:
+        pass
+
+
+def test_topic_metadata_names_every_missing_topic_and_how_to_create_it() -> None:
+    metadata = replay_mod._TopicMetadata(SETTINGS)
+    metadata._consumer = FakeConsumer({"clicks": 6})  # type: ignore[assignment]
+    assert metadata("clicks") == 6
+    with pytest.raises(ConfigError) as exc:
+        metadata.require(["clicks", "nope", "gone"], " (a --topic-map target)")
+    message = str(exc.value)
+    assert "'nope', 'gone' does not exist on" in message and "(a --topic-map target)" in message
+    assert "`nudge topics`" in message and "--topic-map" in message
+
+
+def test_bad_line_reasons_never_repeat_a_phone_number(tmp_path: Path) -> None:
+    phone = "+447911123456"
+    lines = [
+        orjson.dumps({"topic": "clicks", "partition": phone, "offset": 0, "timestamp": 1, "key": "k", "value": "v"}),
+        orjson.dumps({"type": phone, "user_id": "u1", "phone": phone}),
+        orjson.dumps({"topic": phone, "partition": 0, "offset": 0, "timestamp": 1, "key": "k", "value": "v"}),
+    ]
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    stats = replay(path, SETTINGS, producer=FakeSink(), partition_count=SIX)
+    assert stats.bad_count == 3
+    for bad in stats.bad_lines:
+        assert "7911123" not in str(bad), bad
+
+
+@pytest.mark.parametrize("name", ["missing.jsonl", "."])
+def test_cli_an_unreadable_file_is_a_bad_argument_before_kafka_is_asked(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(replay_mod, "_TopicMetadata", None)  # any use of Kafka would fail loudly
+    with pytest.raises(SystemExit) as exc:
+        main(["replay", str(tmp_path / name), "--topic-map", "clicks=c2"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and ("does not exist" in err or "is a directory" in err)
