@@ -33,11 +33,13 @@ BOOTSTRAP_TIMEOUT_S = 5.0
 _Client = TypeVar("_Client")
 
 # What kafka-python (3.x) logs on each failed connection attempt, retried request
-# or metadata refresh for an unknown topic.
+# or metadata refresh for an unknown topic, and while it retries a refused batch.
 _RETRY_NOISE = re.compile(
     r"Connection (?:failed|lost|refused|reset|closed)|Bootstrap|not ready|Unable (?:to )?(?:connect|bootstrap)|"
     r"Unable to update metadata|not found in cluster metadata|KafkaConnectionError|NodeNotReady|"
-    r"Got error produce response|Error sending .*Request|RequestTimedOut|ECONNREFUSED|timed out|DNS lookup failed",
+    r"Got error produce response|Error sending .*Request|RequestTimedOut|ECONNREFUSED|timed out|DNS lookup failed|"
+    # a refused batch: split and retried, then failed; the message's future carries the outcome
+    r"splitting batch and retrying|Failed to produce messages|Aborting producer batches",
     re.IGNORECASE,
 )
 

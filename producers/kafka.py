@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -67,6 +68,9 @@ class Refusal:
     reason: str
 
 
+_SETTLE_S = 10.0
+
+
 def message_size(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None) -> int:
     """Bytes of key, value and headers: what a message limit is about (without the record overhead)."""
     size = len(key or b"") + len(value or b"")
@@ -110,6 +114,7 @@ class EventProducer:
         self._refused: list[Refusal] = []
         self.sent = 0
         self.acked = 0
+        self.failed = 0
 
     def send(
         self,
@@ -157,6 +162,7 @@ class EventProducer:
 
     def _on_error(self, tag: Any, exc: BaseException) -> None:
         with self._lock:
+            self.failed += 1
             if isinstance(exc, _REFUSALS):
                 self._refused.append(Refusal(tag, _refusal_reason(exc)))
             else:
@@ -172,21 +178,37 @@ class EventProducer:
 
     def flush(self, timeout: float | None = 60.0) -> None:
         """Wait for every queued message; raise DeliveryError if any was lost or
-        refused (refusals not collected by `take_refused()` count as lost)."""
+        refused (refusals not collected by `take_refused()` yet count as lost)."""
         try:
             self._producer.flush(timeout=timeout)
         except KafkaError as exc:
-            raise DeliveryError(f"flush to {self.settings.kafka_bootstrap} failed: {exc}") from exc
+            # kafka-python's flush gives up early after a refused batch it split ("Future not
+            # done") while the messages' own futures still settle: wait for them, they say why.
+            if not self._settled(within_s=_SETTLE_S):
+                raise DeliveryError(f"flush to {self.settings.kafka_bootstrap} failed: {exc}") from exc
         with self._lock:
             errors, self._errors = self._errors, []
-            refused, self._refused = self._refused, []
+            refused = list(self._refused)  # kept for take_refused(): the caller may tie them to its input
         if errors:
             raise DeliveryError(f"{len(errors)} message(s) not delivered; first error: {errors[0]!r}")
         if refused:
             raise DeliveryError(f"{len(refused)} message(s) refused by Kafka; first: {refused[0].reason}")
 
+    def _settled(self, within_s: float) -> bool:
+        """True once every sent message was acknowledged or failed (polled up to `within_s`)."""
+        deadline = time.monotonic() + within_s
+        while self.acked + self.failed < self.sent:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
     def close(self, timeout: float | None = 30.0) -> None:
-        self._producer.close(timeout=timeout)
+        """Close the client; DeliveryError if messages still queued could not be delivered."""
+        try:
+            self._producer.close(timeout=timeout)
+        except KafkaError as exc:
+            raise DeliveryError(f"closing the producer for {self.settings.kafka_bootstrap} failed: {exc}") from exc
 
     def __enter__(self) -> EventProducer:
         return self

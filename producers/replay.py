@@ -66,7 +66,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
-from kafka import KafkaConsumer
+from kafka import KafkaAdminClient, KafkaConsumer
+from kafka.admin import ConfigResource, ConfigResourceType
+from kafka.errors import KafkaError
 from tqdm import tqdm
 
 from nudge.args import input_file
@@ -76,7 +78,7 @@ from nudge.kafka_clients import connect
 from nudge.logs import redact
 from nudge.settings import Settings
 from nudge.topics import topic_name_problem
-from producers.kafka import EventProducer, MessageRefused, Refusal
+from producers.kafka import EventProducer, MessageRefused, Refusal, message_size
 from producers.logfile import BadLine, Header, LogRecord, event_time_ms, read_log
 
 __all__ = [
@@ -97,6 +99,8 @@ log = logging.getLogger(__name__)
 MAX_LISTED_BAD_LINES = 20
 PACING_SLACK_S = 0.005
 MIN_SPEED = 0.001
+# A record batch's header (61 bytes) and one record's varint framing, with room to spare.
+_BATCH_FRAMING_BYTES = 512
 MAX_SPEED = 1e6
 
 
@@ -287,6 +291,7 @@ class _TopicMetadata:
         self._settings = settings
         self._consumer: KafkaConsumer | None = None
         self._counts: dict[str, int] = {}
+        self.max_bytes: dict[str, int] = {}  # per topic: the largest message its brokers take
 
     def __call__(self, topic: str) -> int:
         count = self._counts.get(topic)
@@ -314,6 +319,7 @@ class _TopicMetadata:
                 self._counts[topic] = len(partitions)
             else:
                 missing.append(topic)
+        self._fetch_limits([t for t in topics if t in self._counts and t not in self.max_bytes])
         if missing:
             names = ", ".join(repr(redact(t)) for t in missing)
             raise ConfigError(
@@ -321,6 +327,32 @@ class _TopicMetadata:
                 "(`nudge topics` creates the configured topics, named by NUDGE_TOPIC_*), "
                 "or send it elsewhere with --topic-map"
             )
+
+    def _fetch_limits(self, topics: list[str]) -> None:
+        """The topics' max.message.bytes, less a batch's framing, capped by NUDGE_MAX_MESSAGE_BYTES.
+
+        A message the broker refuses after it was sent puts kafka-python's
+        idempotent producer in a fatal state (the messages queued after it fail
+        too); refusing it here instead keeps it one bad line among good ones.
+        """
+        if not topics:
+            return
+        limit = self._settings.max_message_bytes
+        found: dict[str, Any] = {}
+        admin = connect(KafkaAdminClient, self._settings, client_id="nudge-replay-metadata")
+        try:
+            resources = [ConfigResource(ConfigResourceType.TOPIC, t, configs=["max.message.bytes"]) for t in topics]
+            found = admin.describe_configs(resources).get("topic", {})
+        except KafkaError as exc:
+            log.warning("cannot read max.message.bytes of %s (%s); assuming %d", ", ".join(topics), exc, limit)
+        finally:
+            admin.close()
+        for topic in topics:
+            try:
+                topic_limit = int(found[topic]["max.message.bytes"]["value"]) - _BATCH_FRAMING_BYTES
+            except (KeyError, TypeError, ValueError):
+                topic_limit = limit
+            self.max_bytes[topic] = min(limit, topic_limit)
 
     def close(self) -> None:
         if self._consumer is not None:
@@ -373,9 +405,27 @@ class _Refusals:
             raise InputError(f"line {line}: {reason}; replay stopped there (--skip-bad skips such lines and goes on)")
 
     def collect(self, sink: MessageSink) -> None:
-        for refusal in sink.take_refused():
+        """Refusals the broker sent after `send` returned. They end the replay even
+        with --skip-bad: kafka-python's idempotent producer then fails the messages
+        queued after the refused one too, so nothing later can be trusted to land."""
+        refused = sorted(sink.take_refused(), key=lambda r: r.tag)
+        if not refused:
+            return
+        stats = self._stats
+        for refusal in refused:
             line, topic = refusal.tag
-            self.refused(line, topic, refusal.reason, was_sent=True)
+            stats.sent -= 1
+            stats.by_topic[topic] -= 1
+        line, topic = refused[0].tag
+        stats.add_bad(BadLine(line, refused[0].reason, "refused"))
+        if self.stopping:
+            return
+        self.stopping = True
+        later = f", and {len(refused) - 1:,} later message(s) failed with it" if len(refused) > 1 else ""
+        raise InputError(
+            f"line {line}: {refused[0].reason} after it was sent{later}; the producer cannot go on, "
+            f"so the replay stops (make the message smaller, or raise max.message.bytes of topic {topic})"
+        )
 
 
 def replay(
@@ -426,6 +476,7 @@ def replay(
     items = read_log(path, settings) if limit != 0 else iter(())  # a file we cannot read fails before Kafka
     owned: EventProducer | None = None
     bar: tqdm[Any] | None = None
+    failing = True
     try:
         if metadata is not None and topic_map:
             metadata.require(topic_map.values(), " (a --topic-map target)")
@@ -453,27 +504,41 @@ def replay(
             # Stopping: deliver what was queued first (nothing lost); its refusals are bad lines too.
             refusals.stopping = True
             try:
-                producer.flush()
-                refusals.collect(producer)
+                _finish(producer, refusals)
             except NudgeError as exc:
                 stats.not_delivered = str(exc)
             raise
         else:
-            producer.flush()
-            refusals.collect(producer)
+            _finish(producer, refusals)
         finally:
             stats.elapsed_s = clock() - started
+        failing = False
     finally:
         if bar is not None:
             bar.close()
         if metadata is not None:
             metadata.close()
         if owned is not None:
-            owned.close()
+            try:
+                owned.close()
+            except NudgeError as exc:
+                if failing:  # that error is the one to show
+                    stats.not_delivered = stats.not_delivered or str(exc)
+                else:
+                    raise
     if shifter is not None:
         stats.shifted, stats.not_shifted, stats.shift_ms = shifter.shifted, shifter.unchanged, shifter.delta_ms
         stats.beyond_future_limit = shifter.beyond_future_limit
     return stats
+
+
+def _finish(producer: MessageSink, refusals: _Refusals) -> None:
+    """Flush; refusals that came back are bad lines, and the first one is the reason
+    to report even when the flush failed too (a refusal makes kafka-python's flush fail)."""
+    try:
+        producer.flush()
+    finally:
+        refusals.collect(producer)
 
 
 def _send_all(
@@ -519,6 +584,14 @@ def _send_all(
             if item.partition is not None and (item.key is None or keep_partitions):
                 partition = _choose_partition(item, topic, keep_partitions, counts)
             headers = _sendable_headers(item.headers, stats) if item.headers else None
+            if checked is not None:
+                max_bytes = checked.max_bytes.get(topic)
+                if max_bytes is not None and (len(value or b"") + len(item.key or b"") > max_bytes or headers):
+                    size = message_size(item.key, value, headers)
+                    if size > max_bytes:
+                        reason = f"message is {size:,} bytes (key, value and headers), over the {max_bytes:,}-byte limit of topic {topic}"
+                        refusals.refused(item.line, topic, reason, was_sent=False)
+                        continue
             try:
                 producer.send(topic, value, item.key, partition=partition, headers=headers, tag=(item.line, topic))
             except MessageRefused as exc:
@@ -638,7 +711,8 @@ def _print_summary(stats: ReplayStats, settings: Settings, *, stopped: bool = Fa
         print(f"  warning: while stopping, {stats.not_delivered}", file=out)
     kinds = ", ".join(f"{kind} {n:,}" for kind, n in stats.bad_by_kind.most_common())
     first = ", ".join(str(bad.line) for bad in stats.bad_lines[:10])
-    detail = f" ({kinds}) at lines {first}{', ...' if stats.bad_count > 10 else ''}" if stats.bad_count else ""
+    at = "line" if stats.bad_count == 1 else "lines"
+    detail = f" ({kinds}) at {at} {first}{', ...' if stats.bad_count > 10 else ''}" if stats.bad_count else ""
     print(f"bad lines: {stats.bad_count:,}{detail}", file=out)
 
 

@@ -336,7 +336,7 @@ class FakeMetadata:
     missing: frozenset[str] = frozenset()
 
     def __init__(self, _settings: Settings) -> None:
-        pass
+        self.max_bytes: dict[str, int] = {}
 
     def __call__(self, topic: str) -> int:
         return 6
@@ -398,16 +398,30 @@ def test_without_skip_bad_a_refused_line_stops_the_replay_after_delivering_the_l
     assert (stats.sent, stats.bad_count) == (1, 1)
 
 
-def test_a_refusal_that_comes_back_later_is_tied_to_its_line(tmp_path: Path) -> None:
+def test_a_refusal_that_comes_back_later_is_tied_to_its_line_and_ends_the_replay(tmp_path: Path) -> None:
+    # kafka-python's idempotent producer fails what was queued after a refused message:
+    # --skip-bad cannot skip it, the replay stops and names the line.
     lines = [encode_event(_event(i, i, note="LATE" if i == 3 else "")) for i in range(1, 6)]
-    sink = RefusingSink()
-    stats = replay(_log(tmp_path / "late.jsonl", lines), SETTINGS, producer=sink, partition_count=SIX)
-    assert (stats.sent, sum(stats.by_topic.values()), stats.bad_count) == (4, 4, 1)
-    assert stats.bad_lines[0].line == 3 and stats.bad_lines[0].kind == "refused"
+    for skip_bad in (True, False):
+        sink = RefusingSink()
+        stats = ReplayStats(tmp_path / f"late-{skip_bad}.jsonl")
+        with pytest.raises(InputError, match=r"^line 3: Kafka refused .* after it was sent.*the replay stops"):
+            replay(
+                _log(stats.path, lines), SETTINGS, producer=sink, partition_count=SIX, skip_bad=skip_bad, stats=stats
+            )
+        assert (stats.sent, sum(stats.by_topic.values()), stats.bad_count) == (2, 2, 1)
+        assert stats.bad_lines[0].line == 3 and stats.bad_lines[0].kind == "refused"
+        assert sink.flushed == 1
 
-    sink = RefusingSink()
-    with pytest.raises(InputError, match=r"^line 3: Kafka refused"):
-        replay(_log(tmp_path / "late2.jsonl", lines), SETTINGS, producer=sink, partition_count=SIX, skip_bad=False)
+
+def test_a_line_over_the_target_topics_own_limit_is_refused_before_sending(
+    tmp_path: Path, fake_kafka: list[FakeSink], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(FakeMetadata, "require", lambda self, topics, why="": self.max_bytes.update(clicks=300))
+    lines = [encode_event(_event(1, 1)), encode_event(_event(2, 2, pad="x" * 400)), encode_event(_event(3, 3))]
+    assert main(["replay", str(_log(tmp_path / "t.jsonl", lines)), "--skip-bad"]) == 0
+    out, err = capsys.readouterr()
+    assert "replayed 2 messages" in out and "over the 300-byte limit of topic clicks" in err
 
 
 def test_cli_oversized_line_stops_with_a_summary_and_one_line(
