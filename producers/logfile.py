@@ -518,8 +518,14 @@ def _read_lines(raw_file: IO[bytes], settings: Settings) -> Iterator[LogRecord |
             try:
                 chunk = next(chunks, None)
             except _Broken as exc:
-                where = f"line {number + 1} is incomplete" if pending or skipping else f"after line {number}"
-                yield BadLine(number + 1, f"file is truncated or corrupt: {where}: {exc}", "truncated")
+                where = (
+                    f"line {number + 1} is incomplete"
+                    if pending or skipping
+                    else f"after line {number}"
+                    if number
+                    else "at its start"
+                )
+                yield BadLine(number + 1, f"file is truncated or corrupt: {where}: {exc}", "broken_file")
                 return
             if chunk is None:
                 if skipping:
