@@ -42,6 +42,7 @@ from typing import Any, Final
 
 from tqdm import tqdm
 
+from nudge.args import integer, number
 from nudge.errors import DependencyUnavailable, NudgeError
 from nudge.logs import display_url
 from nudge.settings import Settings
@@ -450,17 +451,8 @@ def run_demo(options: DemoOptions, settings: Settings) -> int:
 # --------------------------------------------------------------------------
 
 
-def _positive(kind: type[float] | type[int], upper: float) -> Any:
-    def parse(text: str) -> float | int:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not (math.isfinite(value) and 0 < value <= upper):
-            raise argparse.ArgumentTypeError(f"must be in (0, {upper:g}], got {text}")
-        return value
-
-    return parse
+# The demo generates all its events up front (about 1 KB each in memory).
+MAX_DEMO_EVENTS = 2_000_000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -478,13 +470,25 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
-        "--seconds", type=_positive(float, 600), default=15.0, metavar="S", help="how long to send (default 15)"
+        "--seconds",
+        type=number(0, 600, low_open=True),
+        default=15.0,
+        metavar="S",
+        help="how long to send, up to 600 (default 15)",
     )
     parser.add_argument(
-        "--rate", type=_positive(float, 1e6), default=2000.0, metavar="R", help="events per second (default 2000)"
+        "--rate",
+        type=number(0, 100_000, low_open=True),
+        default=2000.0,
+        metavar="R",
+        help=f"events per second, up to 100000; rate x seconds at most {MAX_DEMO_EVENTS} (default 2000)",
     )
     parser.add_argument(
-        "--users", type=_positive(int, 1_000_000), default=250, metavar="N", help="simulated users (default 250)"
+        "--users",
+        type=integer(1, 10_000),
+        default=250,
+        metavar="N",
+        help="simulated users, 1..10000 (default 250)",
     )
     parser.add_argument("--seed", type=int, default=42, metavar="S", help="simulator seed (default 42)")
     return parser
@@ -493,7 +497,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from nudge.logs import setup_logging
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.rate * args.seconds > MAX_DEMO_EVENTS:
+        parser.error(
+            f"--rate x --seconds is {args.rate * args.seconds:.0f} events, more than {MAX_DEMO_EVENTS} (held in memory)"
+        )
     setup_logging(0)
     options = DemoOptions(seconds=args.seconds, rate=args.rate, users=args.users, seed=args.seed)
     try:

@@ -32,22 +32,48 @@ from typing import Any, cast
 
 import orjson
 
+from nudge.args import integer, number, output_dir
 from nudge.layout import changes_streams
 from nudge.redis_client import sync_client
 from nudge.settings import Settings
 from nudge.topics import admin_client, ensure_topics, topic_for_event_type
+from producers.simulator import MAX_USERS
 
 __all__ = ["configure", "run"]
 
 
+# Every message is generated and held in memory before the runs (about 1 KB each).
+MAX_EVENTS = 2_000_000
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--events", type=int, default=200_000, help="messages for the throughput runs [%(default)s]")
-    parser.add_argument("--users", type=int, default=20_000, help="simulated users [%(default)s]")
-    parser.add_argument("--freshness-seconds", type=float, default=20.0, help="length of the latency run [%(default)s]")
     parser.add_argument(
-        "--out-dir", type=Path, default=Path("bench-results"), help="where JSON and PNG go [%(default)s]"
+        "--events",
+        type=integer(1000, MAX_EVENTS, why="every message is held in memory"),
+        default=200_000,
+        help=f"messages for the throughput runs, 1000..{MAX_EVENTS} [%(default)s]",
     )
-    parser.add_argument("--web-port", type=int, default=6199, help="worker port used by the benchmark [%(default)s]")
+    parser.add_argument(
+        "--users",
+        type=integer(1, MAX_USERS, why="every simulated user is held in memory"),
+        default=20_000,
+        help=f"simulated users, 1..{MAX_USERS} [%(default)s]",
+    )
+    parser.add_argument(
+        "--freshness-seconds",
+        type=number(1, 3600),
+        default=20.0,
+        help="length of the latency run, 1..3600 [%(default)s]",
+    )
+    parser.add_argument(
+        "--out-dir", type=output_dir, default="bench-results", help="where JSON and PNG go [%(default)s]"
+    )
+    parser.add_argument(
+        "--web-port",
+        type=integer(1024, 65533, why="it and the next two ports are used"),
+        default=6199,
+        help="worker port used by the benchmark; it and the next two are used, 1024..65533 [%(default)s]",
+    )
     parser.add_argument("--skip-recovery", action="store_true", help="skip the table recovery measurement")
     parser.set_defaults(func=run)
 
@@ -332,12 +358,6 @@ def _ms(value: float | None) -> str:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from streams.process import WorkerProcess
 
-    if args.events < 1000 or args.users < 1:
-        raise SystemExit("nudge bench pipeline: error: --events must be at least 1000 and --users at least 1")
-    if not 1 <= args.freshness_seconds <= 3600:
-        raise SystemExit("nudge bench pipeline: error: --freshness-seconds must be 1..3600")
-    if not 1024 <= args.web_port <= 65533:
-        raise SystemExit("nudge bench pipeline: error: --web-port must be 1024..65533 (it and the next two are used)")
     tag = f"bench{uuid.uuid4().hex[:8]}"
     scoped = _scoped(settings, tag, data_dir=settings.data_dir / "bench" / tag)
     out_dir: Path = args.out_dir

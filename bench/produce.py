@@ -51,6 +51,7 @@ import orjson
 from kafka import KafkaProducer
 from tqdm import tqdm
 
+from nudge.args import integer, output_dir, output_problem
 from nudge.errors import ConfigError, DeliveryError
 from nudge.events import TOPIC_OF_TYPE
 from nudge.settings import Settings
@@ -296,6 +297,9 @@ def run_benchmark(
     """Run every phase `repeat` times; write produce.json and produce.png; return the results."""
     if events < 1 or repeat < 1:
         raise ConfigError(f"bench produce: --events and --repeat must be >= 1, got {events} and {repeat}")
+    problem = output_problem(out_dir, directory=True)
+    if problem:  # before minutes of work, not after
+        raise ConfigError(f"bench produce: cannot write into {out_dir}: {problem}")
     source = "producers.simulator.generate"
     make_events = _simulated(events, seed)
     if make_events is None:
@@ -460,14 +464,8 @@ def _chart(result: dict[str, Any], rates: dict[str, list[float]], path: Path) ->
 # --- CLI --------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
+# Every event and message of a phase is generated and held in memory first (about 1.5 KB each).
+MAX_EVENTS = 1_000_000
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -478,16 +476,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "EventProducer, (c) replay of a recorded log at --speed max (plus plain JSONL). Target: replay >= 80% of raw."
     )
     parser.add_argument(
-        "--events", type=_positive_int, default=50_000, metavar="N", help="messages per phase [default: 50000]"
+        "--events",
+        type=integer(1, MAX_EVENTS, why="every message is held in memory"),
+        default=50_000,
+        metavar="N",
+        help=f"messages per phase, 1..{MAX_EVENTS} [default: 50000]",
     )
     parser.add_argument(
-        "--repeat", type=_positive_int, default=3, metavar="R", help="rounds; the median is reported [default: 3]"
+        "--repeat",
+        type=integer(1, 100),
+        default=3,
+        metavar="R",
+        help="rounds, 1..100; the median is reported [default: 3]",
     )
     parser.add_argument("--seed", type=int, default=7, help="simulator seed [default: 7]")
     parser.add_argument(
         "--out-dir",
-        type=Path,
-        default=Path("bench-results"),
+        type=output_dir,
+        default="bench-results",
         help="where produce.json and produce.png go [default: bench-results]",
     )
     parser.epilog = settings_epilog("kafka_bootstrap", "partitions", "replication", "max_message_bytes")

@@ -25,9 +25,10 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from nudge.text import printable
+from nudge.text import printable, quoted
 
 __all__ = [
+    "input_dir",
     "input_file",
     "integer",
     "number",
@@ -45,10 +46,10 @@ def integer(low: int, high: int, *, why: str = "") -> Callable[[str], int]:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer {low}..{high:_}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected an integer {low}..{high}, got {quoted(text)}") from None
         if not low <= value <= high:
             reason = f" ({why})" if why and value > high else ""
-            raise argparse.ArgumentTypeError(f"expected an integer {low}..{high:_}, got {value:_}{reason}")
+            raise argparse.ArgumentTypeError(f"expected an integer {low}..{high}, got {quoted(str(value))}{reason}")
         return value
 
     parse.__name__ = "integer"  # argparse names the type in some messages
@@ -63,9 +64,9 @@ def number(low: float, high: float, *, low_open: bool = False, unit: str = "") -
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number {allowed}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected a number {allowed}, got {quoted(text)}") from None
         if not math.isfinite(value) or value < low or (low_open and value == low) or value > high:
-            raise argparse.ArgumentTypeError(f"expected a number {allowed}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected a number {allowed}, got {quoted(text)}")
         return value
 
     parse.__name__ = "number"
@@ -80,7 +81,9 @@ def _plain_path(text: str) -> Path:
         raise argparse.ArgumentTypeError("expected a path, got ''")
     if printable(text) != text:
         # Such a name could not be printed back (or would print an escape sequence).
-        raise argparse.ArgumentTypeError(f"path {printable(text)!r} holds a control character or undecodable byte")
+        raise argparse.ArgumentTypeError(
+            f"path '{printable(text, limit=200)}' holds a control character or undecodable byte"
+        )
     return Path(text)
 
 
@@ -135,6 +138,12 @@ def output_problem(path: Path, *, directory: bool = False) -> str | None:
         return f"{ancestor} is not a directory" if kind != "dir" else _probe(ancestor)
     if kind == "dir":
         return f"{path} is a directory, expected a file"
+    if kind == "blocked":
+        try:
+            path.stat()
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                return "the name is too long for the file system"
     parent = path.parent
     parent_kind = _kind(parent)
     if parent_kind != "dir":
@@ -153,7 +162,7 @@ def output_file(text: str) -> Path:
     path = _plain_path(text)
     problem = output_problem(path)
     if problem:
-        raise argparse.ArgumentTypeError(f"cannot write {printable(text)}: {problem}")
+        raise argparse.ArgumentTypeError(f"cannot write {printable(text, limit=200)}: {problem}")
     return path
 
 
@@ -162,7 +171,7 @@ def output_dir(text: str) -> Path:
     path = _plain_path(text)
     problem = output_problem(path, directory=True)
     if problem:
-        raise argparse.ArgumentTypeError(f"cannot write into {printable(text)}: {problem}")
+        raise argparse.ArgumentTypeError(f"cannot write into {printable(text, limit=200)}: {problem}")
     return path
 
 
@@ -171,12 +180,23 @@ def input_file(text: str) -> Path:
     path = _plain_path(text)
     kind = _kind(path)
     if kind is None or kind == "blocked":
-        raise argparse.ArgumentTypeError(f"{printable(text)} does not exist")
+        raise argparse.ArgumentTypeError(f"{printable(text, limit=200)} does not exist")
     if kind == "dir":
-        raise argparse.ArgumentTypeError(f"{printable(text)} is a directory, expected a file")
+        raise argparse.ArgumentTypeError(f"{printable(text, limit=200)} is a directory, expected a file")
     try:
         with open(path, "rb"):
             pass
     except OSError as exc:
-        raise argparse.ArgumentTypeError(f"cannot read {printable(text)}: {exc.strerror}") from None
+        raise argparse.ArgumentTypeError(f"cannot read {printable(text, limit=200)}: {exc.strerror}") from None
+    return path
+
+
+def input_dir(text: str) -> Path:
+    """argparse type: a directory that exists."""
+    path = _plain_path(text)
+    kind = _kind(path)
+    if kind is None or kind == "blocked":
+        raise argparse.ArgumentTypeError(f"{printable(text, limit=200)} does not exist")
+    if kind != "dir":
+        raise argparse.ArgumentTypeError(f"{printable(text, limit=200)} is not a directory")
     return path

@@ -22,7 +22,7 @@ from nudge.errors import ConfigError
 from nudge.logs import display_url
 from nudge.text import printable
 
-__all__ = ["Rule", "Setting", "Settings"]
+__all__ = ["Rule", "Setting", "Settings", "topic_name_problem"]
 
 _DAY_MS: Final = 86_400_000
 _MIB: Final = 1024 * 1024
@@ -74,19 +74,20 @@ def one_of(*choices: str) -> Rule:
     return Rule(" or ".join(choices), lambda value: None if value in choices else "is not allowed")
 
 
-def _topic_problem(value: str) -> str | None:
+def topic_name_problem(value: str) -> str | None:
+    """Why Kafka would refuse `value` as a topic name, or None."""
     if value in (".", ".."):
-        return "is not allowed"
+        return "is a name Kafka reserves"
     if not 1 <= len(value) <= 249:
         return f"has {len(value)} characters, not 1..249"
     return None if re.fullmatch(r"[a-zA-Z0-9._-]+", value) else "holds a character Kafka refuses in a topic name"
 
 
 # Kafka's own rule for topic names (and so for the app id, a prefix of internal topics).
-TOPIC = Rule("a Kafka topic name: 1..249 of a-z A-Z 0-9 . _ - (not . or ..)", _topic_problem)
+TOPIC = Rule("a Kafka topic name: 1..249 of a-z A-Z 0-9 . _ - (not . or ..)", topic_name_problem)
 APP_ID = Rule(
     "1..100 of a-z A-Z 0-9 . _ - (prefix of Kafka topics; not . or ..)",
-    lambda value: "has more than 100 characters" if len(value) > 100 else _topic_problem(value),
+    lambda value: "has more than 100 characters" if len(value) > 100 else topic_name_problem(value),
 )
 # Redis keys may hold anything, but braces would change Cluster hash slots and spaces break every CLI.
 KEY_PREFIX = matching(r"[!-z|~]+", "1..64 visible ASCII characters, no spaces or braces", max_len=64)

@@ -59,6 +59,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from nudge.args import output_problem
 from nudge.errors import ConfigError, StackError
 from nudge.settings import Settings
 
@@ -803,6 +804,9 @@ def up(settings: Settings, *, kafka: bool = True, redis: bool = True) -> list[st
         raise ConfigError(
             f"NUDGE_REPLICATION={settings.replication} exceeds NUDGE_KAFKA_BROKERS={settings.kafka_brokers}"
         )
+    problem = output_problem(settings.data_dir, directory=True)
+    if problem:  # before any server starts and writes its files there
+        raise ConfigError(f"NUDGE_DATA_DIR={settings.data_dir}: {problem}")
     paths = _Paths(settings)
     lines = _start_redis(settings, paths) if redis else []
     if not kafka:

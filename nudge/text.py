@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-__all__ = ["printable"]
+__all__ = ["printable", "quoted"]
 
 # C0 and C1 controls (DEL among them), bidi embeddings/overrides/isolates, lone surrogates.
 _UNSAFE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
@@ -33,6 +33,22 @@ def _escape(match: re.Match[str]) -> str:
     return _NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
 
 
-def printable(text: str) -> str:
-    """`text` with control characters, bidi overrides and undecodable bytes escaped."""
+def printable(text: str, limit: int | None = None) -> str:
+    """`text` with control characters, bidi overrides and undecodable bytes escaped;
+    cut to `limit` characters (an ellipsis marks the cut) when given.
+
+    >>> printable("9" * 100, limit=12)
+    '99999999999…'
+    """
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1] + "…"
     return _UNSAFE.sub(_escape, text)
+
+
+def quoted(text: str) -> str:
+    """A value from outside for a one-line message: escaped, at most 60 characters, in quotes.
+
+    >>> quoted("probe-\\udcff")
+    "'probe-\\\\xff'"
+    """
+    return f"'{printable(text, limit=60)}'"

@@ -54,9 +54,11 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from nudge.args import input_dir, output_file
 from nudge.errors import ConfigError, InputError
 from nudge.events import Rejection, parse_event_obj
 from nudge.settings import Settings
+from nudge.text import printable
 from producers.logfile import LogWriter, encode_event
 
 __all__ = [
@@ -178,10 +180,16 @@ def _rows(path: Path, required: tuple[str, ...]) -> Iterator[dict[str, str]]:
         raise InputError(f"cannot read dataset file {path}: {exc.strerror}") from None
     with handle:
         reader = csv.DictReader(handle)
-        missing = [c for c in required if c not in (reader.fieldnames or ())]
-        if missing:
-            raise InputError(f"{path}: missing column(s) {', '.join(missing)}; header is {reader.fieldnames}")
-        yield from reader
+        try:
+            missing = [c for c in required if c not in (reader.fieldnames or ())]
+            if missing:
+                header = printable(str(reader.fieldnames), limit=200)
+                raise InputError(f"{path}: missing column(s) {', '.join(missing)}; header is {header}")
+            yield from reader
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{path}: not UTF-8 text ({exc.reason})") from None
+        except csv.Error as exc:
+            raise InputError(f"{path}:{reader.line_num}: not CSV ({exc})") from None
 
 
 def _number(text: str, column: str, path: Path, line: int) -> float:
@@ -379,10 +387,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "(sorted by ts, every event valid) that `nudge replay` sends. Conversion rules: producers/datasets.py."
     )
     parser.add_argument("name", choices=sorted(DATASETS), help="dataset to convert")
-    parser.add_argument("--out", type=Path, required=True, help="file to write (.jsonl, or .jsonl.gz for gzip)")
+    parser.add_argument("--out", type=output_file, required=True, help="file to write (.jsonl, or .jsonl.gz for gzip)")
     parser.add_argument(
         "--data-dir",
-        type=Path,
+        type=input_dir,
         default=None,
         help=f"where the datasets are [default: ../shared/data next to the repo: {default_data_dir()}]",
     )

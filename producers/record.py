@@ -36,9 +36,12 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 from tqdm import tqdm
 
+from nudge.args import integer, number, output_file
 from nudge.errors import ConfigError
 from nudge.kafka_clients import connect
 from nudge.settings import Settings
+from nudge.text import printable, quoted
+from nudge.topics import topic_name_problem
 from producers.logfile import LogWriter, encode_record
 
 __all__ = ["RecordStats", "TopicStats", "configure", "record", "run"]
@@ -205,30 +208,14 @@ def _loop(
 # --- CLI -------------------------------------------------------------------------
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
 def _topic_list(text: str) -> list[str]:
     topics = [t.strip() for t in text.split(",") if t.strip()]
     if not topics:
-        raise argparse.ArgumentTypeError(f"expected comma-separated topic names, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated topic names, got {quoted(text)}")
+    for topic in topics:
+        problem = topic_name_problem(topic)
+        if problem:
+            raise argparse.ArgumentTypeError(printable(problem))
     return list(dict.fromkeys(topics))
 
 
@@ -246,15 +233,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="T1,T2",
         help="topics to record [default: the three input topics from settings]",
     )
-    parser.add_argument("--out", type=Path, required=True, help="log to write, e.g. log.jsonl.gz (.gz = gzip'd)")
+    parser.add_argument("--out", type=output_file, required=True, help="log to write, e.g. log.jsonl.gz (.gz = gzip'd)")
     parser.add_argument("--from-beginning", action="store_true", help="start at the oldest message, not at the end")
     parser.add_argument(
-        "--until-idle", type=_positive_float, default=None, metavar="S", help="stop after S seconds without a message"
+        "--until-idle",
+        type=number(0, 86_400, low_open=True),
+        default=None,
+        metavar="S",
+        help="stop after S seconds without a message (up to a day)",
     )
     parser.add_argument(
         "--until-end", action="store_true", help="stop once every partition reaches its end offset at start"
     )
-    parser.add_argument("--max-messages", type=_positive_int, default=None, metavar="N", help="stop after N messages")
+    parser.add_argument(
+        "--max-messages", type=integer(1, 10**12), default=None, metavar="N", help="stop after N messages"
+    )
     parser.epilog = settings_epilog("kafka_bootstrap", "topic_clicks", "topic_purchases", "topic_app_events")
     parser.set_defaults(func=run)
 

@@ -66,15 +66,18 @@ from zoneinfo import ZoneInfo
 import orjson
 from tqdm import tqdm
 
-from nudge.errors import ConfigError, InputError
-from nudge.events import TOPIC_OF_TYPE
+from nudge.args import integer, number, output_file, output_problem
+from nudge.errors import ConfigError, InputError, UsageError
+from nudge.events import MAX_EPOCH_MS, TOPIC_OF_TYPE
 from nudge.settings import Settings
+from nudge.text import quoted
 
 __all__ = [
     "CATEGORIES",
     "COHORTS",
     "DEFAULT_START",
     "GENERATOR_VERSION",
+    "MAX_USERS",
     "OFFERS",
     "TRUE_CONVERSION",
     "ZONES",
@@ -105,6 +108,10 @@ DEFAULT_START: Final = datetime(2026, 10, 1, tzinfo=UTC)
 MS_PER_HOUR: Final = 3_600_000
 MS_PER_DAY: Final = 86_400_000
 MAX_DAYS: Final = 3660.0
+# Every user's generator and ground truth stay in memory for the whole run (about 7 KB
+# each, and some 4 s per 10,000 users before the first event): beyond this, split the run.
+MAX_USERS: Final = 100_000
+MAX_RATE: Final = 10_000_000.0
 ATTRIBUTION_MS: Final = 72 * MS_PER_HOUR
 
 # --------------------------------------------------------------------------
@@ -736,7 +743,21 @@ def _window(users: int, days: float, start: datetime) -> tuple[int, int]:
     if start.tzinfo is None or start.utcoffset() is None:
         raise ConfigError(f"simulate: start must be timezone-aware, got {start.isoformat()}")
     start_ms = int(start.timestamp() * 1000)
-    return start_ms, start_ms + round(days * MS_PER_DAY)
+    end_ms = start_ms + round(days * MS_PER_DAY)
+    if start_ms < 0 or end_ms > MAX_EPOCH_MS:
+        # The event contract's range (nudge/events.py): outside it every event would be rejected.
+        raise ConfigError(
+            f"simulate: the window {_iso(start_ms)} .. {_iso(end_ms)} leaves the event time range "
+            f"1970-01-01T00:00:00Z .. {_iso(MAX_EPOCH_MS)}"
+        )
+    return start_ms, end_ms
+
+
+def _iso(ms: int) -> str:
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    except (OverflowError, ValueError):
+        return f"epoch ms {ms}"
 
 
 def _order_key(event: EventDict) -> tuple[int, str]:
@@ -1061,39 +1082,29 @@ def run_simulation(
 # --------------------------------------------------------------------------
 
 
-def _users_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(limit: float | None) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not math.isfinite(value) or value <= 0:
-            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
-        if limit is not None and value > limit:
-            raise argparse.ArgumentTypeError(f"must be at most {limit:g}, got {text}")
-        return value
-
-    return parse
+_users_arg = integer(1, MAX_USERS, why="every simulated user is held in memory, about 7 KB each")
 
 
 def _start_arg(text: str) -> datetime:
     try:
         value = datetime.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 date-time: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 date-time: {quoted(text)}") from None
     if value.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"needs a UTC offset, e.g. 2026-10-01T00:00:00Z, got {text!r}")
+        raise argparse.ArgumentTypeError(f"needs a UTC offset, e.g. 2026-10-01T00:00:00Z, got {quoted(text)}")
+    try:
+        ms = int(value.timestamp() * 1000)
+    except (OverflowError, ValueError):
+        ms = -1
+    if not 0 <= ms < MAX_EPOCH_MS:
+        raise argparse.ArgumentTypeError(
+            f"event time must be 1970-01-01T00:00:00Z .. {_iso(MAX_EPOCH_MS)} (the event contract), got {quoted(text)}"
+        )
     return value
+
+
+def _out_arg(text: str) -> Path | str:
+    return text if text == "-" else output_file(text)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -1103,13 +1114,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "Generate realistic, deterministic user traffic (same seed + arguments = same bytes): "
         "to Kafka by default, or to a JSON Lines file with its ground truth."
     )
-    parser.add_argument("--users", type=_users_arg, default=1000, metavar="N", help="number of users (default 1000)")
+    parser.add_argument(
+        "--users", type=_users_arg, default=1000, metavar="N", help=f"number of users, 1..{MAX_USERS:,} (default 1000)"
+    )
     parser.add_argument(
         "--days",
-        type=_positive_float(MAX_DAYS),
+        type=number(0, MAX_DAYS, low_open=True),
         default=7.0,
         metavar="D",
-        help="length of the window in days (default 7)",
+        help=f"length of the window in days, up to {MAX_DAYS:g} (default 7)",
     )
     parser.add_argument("--seed", type=int, default=42, metavar="S", help="random seed (default 42)")
     parser.add_argument(
@@ -1117,29 +1130,55 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=_start_arg,
         default=DEFAULT_START,
         metavar="ISO",
-        help="event time of the window start, with offset (default 2026-10-01T00:00:00Z)",
+        help="event time of the window start, with offset (default 2026-10-01T00:00:00Z); sending to Kafka, "
+        "the window must end before now + NUDGE_MAX_FUTURE_MS",
     )
     pace = parser.add_mutually_exclusive_group()
-    pace.add_argument("--rate", type=_positive_float(None), metavar="R", help="send at most R events/s (token bucket)")
+    pace.add_argument(
+        "--rate",
+        type=number(0.1, MAX_RATE),
+        metavar="R",
+        help=f"send at most R events/s, 0.1..{MAX_RATE:.0e} (token bucket)",
+    )
     pace.add_argument("--max", action="store_true", help="send as fast as possible (the default)")
     parser.add_argument(
-        "--out", metavar="FILE", help="write JSON Lines here instead of Kafka ('-' = stdout, *.gz = gzip'd)"
+        "--out",
+        type=_out_arg,
+        metavar="FILE",
+        help="write JSON Lines here instead of Kafka ('-' = stdout, *.gz = gzip'd)",
     )
-    parser.add_argument("--truth", metavar="FILE", help="ground-truth JSON (default <out>.truth.json with --out FILE)")
+    parser.add_argument(
+        "--truth",
+        type=output_file,
+        metavar="FILE",
+        help="ground-truth JSON (default <out>.truth.json with --out FILE)",
+    )
     parser.epilog = settings_epilog(
-        "kafka_bootstrap", "topic_clicks", "topic_purchases", "topic_app_events", "partitions"
+        "kafka_bootstrap", "topic_clicks", "topic_purchases", "topic_app_events", "partitions", "max_future_ms"
     )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     start: datetime = args.start
-    if args.out is None:
-        end_ms = int(start.timestamp() * 1000) + round(args.days * MS_PER_DAY)
-        if end_ms > time.time() * 1000 + settings.max_future_ms:
-            log.warning(
-                "events run until %d ms, more than NUDGE_MAX_FUTURE_MS ahead: the stream will reject them", end_ms
-            )
+    start_ms = int(start.timestamp() * 1000)
+    end_ms = start_ms + round(args.days * MS_PER_DAY)
+    if end_ms > MAX_EPOCH_MS:
+        raise UsageError(
+            f"--start {_iso(start_ms)} + --days {args.days:g} ends at {_iso(end_ms)}, "
+            f"past the event contract's last time {_iso(MAX_EPOCH_MS)}"
+        )
+    limit_ms = int(time.time() * 1000) + settings.max_future_ms
+    if args.out is None and end_ms > limit_ms:
+        raise UsageError(
+            f"--start {_iso(start_ms)} + --days {args.days:g} ends at {_iso(end_ms)}, after now + "
+            f"NUDGE_MAX_FUTURE_MS ({_iso(limit_ms)}): the stream would dead-letter those events; "
+            "start earlier, or write them to a file with --out"
+        )
+    if args.out is not None and args.truth is None and args.out != "-":
+        problem = output_problem(truth_path_for(args.out))
+        if problem:
+            raise UsageError(f"cannot write the ground truth {truth_path_for(args.out)}: {problem} (see --truth)")
     summary = run_simulation(
         args.users,
         args.days,

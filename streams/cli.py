@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from nudge.args import port
 from nudge.cli import settings_epilog
 from nudge.settings import Settings
 
@@ -18,7 +19,7 @@ __all__ = ["configure", "run"]
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--web-port", type=int, help="metrics/web port of this worker [default: NUDGE_WORKER_METRICS_PORT]"
+        "--web-port", type=port, help="metrics/web port of this worker, 1..65535 [default: NUDGE_WORKER_METRICS_PORT]"
     )
     parser.add_argument("--store", choices=("memory://", "rocksdb://"), help="table store [default: NUDGE_STORE]")
     parser.add_argument(
@@ -51,8 +52,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.store:
         settings = dataclasses.replace(settings, store=args.store)
-    if args.web_port is not None and not 0 < args.web_port < 65536:
-        raise SystemExit("nudge worker: error: --web-port must be 1..65535")
     ensure_topics(settings)  # Faust would auto-create them with the broker's defaults
     app = create_app(settings, web_port=args.web_port)
     worker = faust.Worker(app, loglevel=args.loglevel, quiet=True)

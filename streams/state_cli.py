@@ -37,8 +37,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from features.lifecycle import classify
 from nudge.errors import ConfigError, DependencyUnavailable, InputError
+from nudge.events import id_problem
 from nudge.logs import display_url
 from nudge.settings import Settings
+from nudge.text import printable, quoted
 
 __all__ = [
     "STALE_AFTER",
@@ -51,13 +53,13 @@ __all__ = [
     "mask_token",
     "read_state",
     "run",
+    "safe_json",
     "user_id_arg",
 ]
 
 # updated_at older than this earns a staleness note: a live worker rewrites a
 # user's hash on every event, so an hour of silence means no events or no worker.
 STALE_AFTER: Final = timedelta(hours=1)
-_MAX_USER_ID: Final = 128  # the event contract's limit (docs/contracts.md "Events")
 _NONE: Final = "—"
 _LABEL_WIDTH: Final = 21
 _MISSING: Final = "(not in hash)"
@@ -203,10 +205,15 @@ def format_state(
     """A user's hash as readable text, grouped in sections.
 
     `ttl_ms` is Redis' PTTL: None when unknown, -1 for a key that never
-    expires. Personal data is masked unless `raw`.
+    expires. Personal data is masked unless `raw`. Control characters are
+    escaped (`nudge.text.printable`), so the text is safe for a terminal.
     """
     if now.tzinfo is None:
         raise ValueError("format_state: `now` must be timezone-aware")
+    # Field names and values come from Redis: anyone who can write there could plant
+    # a terminal escape or a forged line, so they are shown escaped.
+    fields = {printable(name): printable(value) for name, value in fields.items()}
+    key = printable(key)
     now_ms = int(now.timestamp() * 1000)
     stale_after_ms = int(stale_after.total_seconds() * 1000)
     shown = dict(fields) if raw else mask_fields(fields)
@@ -358,7 +365,8 @@ def read_state(settings: Settings, user_id: str) -> tuple[dict[str, str], int]:
         raise ConfigError("NUDGE_REDIS_URL=memory:// keeps state inside the worker; point it at a Redis to read it")
     try:
         # A cluster client (NUDGE_REDIS_CLUSTER) connects here to read the slot map.
-        client = sync_client(settings, decode_responses=True, socket_connect_timeout=2, socket_timeout=5)
+        # Bytes, decoded below: a hash holding invalid UTF-8 must show, not crash the decoder.
+        client = sync_client(settings, decode_responses=False, socket_connect_timeout=2, socket_timeout=5)
     except ValueError as exc:
         raise ConfigError(f"NUDGE_REDIS_URL={url!r} is not a Redis URL: {exc}") from None
     except (RedisError, RedisClusterException, OSError) as exc:
@@ -374,15 +382,38 @@ def read_state(settings: Settings, user_id: str) -> tuple[dict[str, str], int]:
         raise DependencyUnavailable(f"reading {key}: cannot reach Redis at {url}: {exc}") from None
     finally:
         client.close()
-    return dict(fields), int(ttl)
+    return {_text(name): _text(value) for name, value in fields.items()}, int(ttl)
+
+
+def _text(raw: bytes | str) -> str:
+    """A Redis reply as text; an undecodable byte is kept as its escape (\\xff)."""
+    return raw if isinstance(raw, str) else raw.decode("utf-8", "backslashreplace")
+
+
+# C1 controls, DEL and bidi overrides: json.dumps leaves them as they are (it escapes C0 only).
+_JSON_UNSAFE: Final = re.compile(r"[\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def safe_json(obj: object) -> str:
+    """JSON with every character a terminal would act on escaped as \\uXXXX (still valid JSON).
+
+    >>> print(safe_json({"name": "caf\u00e9\u009b2J"}))
+    {
+      "name": "café\\u009b2J"
+    }
+    """
+    text = json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False)
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def user_id_arg(text: str) -> str:
-    """argparse type: a user id as the event contract allows it."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("USER_ID must not be empty or blank")
-    if len(text) > _MAX_USER_ID:
-        raise argparse.ArgumentTypeError(f"USER_ID is at most {_MAX_USER_ID} characters, got {len(text)}")
+    """argparse type: a user id as the event contract allows it (the collector's rule, `nudge.events.id_problem`)."""
+    problem = id_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(
+            f"{quoted(text)} {problem}: a user id is 1..128 characters, not blank, "
+            "without control characters or undecodable bytes"
+        )
     return text
 
 
@@ -420,7 +451,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     if args.json:
         shown = fields if args.raw else mask_fields(fields)
-        print(json.dumps(shown, sort_keys=True, indent=2, ensure_ascii=False))
+        print(safe_json(shown))
     else:
         print(format_state(fields, key=key, now=datetime.now(UTC), ttl_ms=ttl_ms, raw=args.raw))
     return 0

@@ -12,7 +12,7 @@ import math
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -23,7 +23,7 @@ import yaml
 
 from nudge import cli
 from nudge.errors import ConfigError
-from nudge.events import TOPIC_OF_TYPE, Rejection, dump_event, parse_event_obj
+from nudge.events import MAX_EPOCH_MS, TOPIC_OF_TYPE, Rejection, dump_event, parse_event_obj
 from producers import simulator
 from producers.simulator import (
     ATTRIBUTION_MS,
@@ -224,11 +224,34 @@ def test_start_moves_the_window() -> None:
 @pytest.mark.parametrize(
     ("users", "days", "start"),
     [(0, 1, DEFAULT_START), (5, 0, DEFAULT_START), (5, -1, DEFAULT_START), (5, math.nan, DEFAULT_START),
-     (5, 1, datetime(2026, 10, 1))],
+     (5, 1, datetime(2026, 10, 1)),
+     # The event contract's time range: 1970 .. epoch ms 10^14 (a year-9999 start was a traceback).
+     (5, 1, datetime(1969, 12, 31, tzinfo=UTC)), (5, 1, datetime(9999, 12, 31, 23, 59, tzinfo=UTC)),
+     (5, 2, datetime.fromtimestamp((MAX_EPOCH_MS - 86_400_000) / 1000, UTC))],
 )  # fmt: skip
 def test_library_rejects_bad_parameters(users: int, days: float, start: datetime) -> None:
     with pytest.raises(ConfigError, match="simulate"):
         generate(users, days, 1, start)
+
+
+@pytest.mark.parametrize(
+    "start", [datetime(1970, 1, 1, tzinfo=UTC), datetime.fromtimestamp((MAX_EPOCH_MS - 86_400_000) / 1000, UTC)]
+)
+def test_every_event_is_valid_at_the_edges_of_the_time_range(start: datetime) -> None:
+    events = list(generate(20, 1, 3, start))
+    verdicts = [parse_event_obj(e, now_ms=MAX_EPOCH_MS, max_future_ms=0) for e in events]
+    assert events and not [v for v in verdicts if isinstance(v, Rejection)]
+
+
+def test_kafka_runs_must_end_before_now_plus_max_future(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sent: list[object] = []
+    monkeypatch.setattr(simulator, "send_events", lambda *a, **k: sent.append(a))
+    monkeypatch.setenv("NUDGE_MAX_FUTURE_MS", str(86_400_000))
+    start = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert cli.main(["simulate", "--users", "2", "--days", "1", "--start", start]) == 2
+    assert "after now + NUDGE_MAX_FUTURE_MS" in capsys.readouterr().err and not sent
 
 
 # --- the contract --------------------------------------------------------------

@@ -3,6 +3,7 @@ command's behaviour with Redis replaced by a stub (JSON, masking, unknown user).
 
 from __future__ import annotations
 
+import argparse
 import doctest
 import json
 from datetime import UTC, datetime, timedelta
@@ -325,13 +326,56 @@ def test_unknown_user_is_one_line_and_exit_1(
     assert "try u00042" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("user_id", ["", "   ", "x" * 129])
-def test_bad_user_id_is_a_usage_error(user_id: str, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("user_id", "shown"),
+    [
+        ("", "'' is empty"),
+        ("   ", "is blank"),
+        ("x" * 129, "has 129 characters"),
+        ("probe-\udcff", "'probe-\\xff' holds a control character or undecodable byte"),  # argv byte 0xff
+        ("u1\x1b[2J", "'u1\\x1b[2J' holds a control character"),
+    ],
+)
+def test_bad_user_id_is_a_usage_error(user_id: str, shown: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         cli.main(["state", user_id])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("nudge state: error: argument USER_ID: USER_ID ") and err.count("\n") == 1
+    assert err.startswith("nudge state: error: argument USER_ID: ") and err.count("\n") == 1
+    assert shown in err and "\x1b" not in err
+
+
+def test_user_id_rule_is_the_collectors() -> None:
+    from nudge.events import id_problem
+
+    for text in ("u1", "", " ", "a\x00b", "é" * 128, "é" * 129, "probe-\udcff"):
+        accepted = id_problem(text) is None
+        try:
+            state_cli.user_id_arg(text)
+        except argparse.ArgumentTypeError:
+            assert not accepted, text
+        else:
+            assert accepted, text
+
+
+def test_terminal_escapes_in_redis_are_shown_escaped(
+    stored: dict[str, dict[str, str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    stored["u00042"] = full_hash(
+        top_category="\x1b[2J\x1b]0;pwned\x07", locale="en\nforged: line", note="\u202eevil\x9b", timezone="\x1b[31m"
+    )
+    assert cli.main(["state", "u00042"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\x9b" not in out and "\u202e" not in out
+    assert "\\x1b[2J\\x1b]0;pwned\\x07" in out and "en\\nforged: line" in out and "\\u202eevil\\x9b" in out
+    assert cli.main(["state", "u00042", "--json", "--raw"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x9b" not in out and "\u202e" not in out
+    assert json.loads(out)["note"] == "\u202eevil\x9b"  # still the stored value, once parsed
+
+
+def test_undecodable_bytes_from_redis_are_shown_as_escapes() -> None:
+    assert state_cli._text(b"caf\xc3\xa9 \xff") == "café \\xff"
 
 
 def test_help_lists_the_env_vars_and_warns_about_raw(capsys: pytest.CaptureFixture[str]) -> None:
