@@ -43,6 +43,7 @@ from typing import Any, Final
 from tqdm import tqdm
 
 from nudge.args import integer, number
+from nudge.args import seed as seed_arg
 from nudge.errors import DependencyUnavailable, NudgeError
 from nudge.logs import display_url
 from nudge.settings import Settings
@@ -490,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="simulated users, 1..10000 (default 250)",
     )
-    parser.add_argument("--seed", type=int, default=42, metavar="S", help="simulator seed (default 42)")
+    parser.add_argument("--seed", type=seed_arg, default=42, metavar="S", help="simulator seed (default 42)")
     return parser
 
 

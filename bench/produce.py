@@ -52,6 +52,7 @@ from kafka import KafkaProducer
 from tqdm import tqdm
 
 from nudge.args import integer, output_dir, output_problem
+from nudge.args import seed as seed_arg
 from nudge.errors import ConfigError, DeliveryError
 from nudge.events import TOPIC_OF_TYPE
 from nudge.settings import Settings
@@ -489,7 +490,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="R",
         help="rounds, 1..100; the median is reported [default: 3]",
     )
-    parser.add_argument("--seed", type=int, default=7, help="simulator seed [default: 7]")
+    parser.add_argument("--seed", type=seed_arg, default=7, help="simulator seed [default: 7]")
     parser.add_argument(
         "--out-dir",
         type=output_dir,

@@ -36,6 +36,7 @@ __all__ = [
     "output_file",
     "output_problem",
     "port",
+    "seed",
 ]
 
 
@@ -74,6 +75,8 @@ def number(low: float, high: float, *, low_open: bool = False, unit: str = "") -
 
 
 port = integer(1, 65535)
+# Seeds are written into JSON (ground truth, results), whose readers stop at 64 bits.
+seed = integer(-(2**63), 2**63 - 1)
 
 
 def _plain_path(text: str) -> Path:

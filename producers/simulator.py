@@ -67,6 +67,7 @@ import orjson
 from tqdm import tqdm
 
 from nudge.args import integer, number, output_file, output_problem
+from nudge.args import seed as seed_arg
 from nudge.errors import ConfigError, InputError, UsageError
 from nudge.events import MAX_EPOCH_MS, TOPIC_OF_TYPE
 from nudge.settings import Settings
@@ -783,6 +784,8 @@ def generate(users: int, days: float, seed: int, start: datetime = DEFAULT_START
 def ground_truth(users: int, days: float, seed: int, start: datetime = DEFAULT_START) -> dict[str, Any]:
     """What the simulator knows and the pipeline must discover (JSON-ready)."""
     start_ms, end_ms = _window(users, days, start)
+    if not -(2**63) <= seed < 2**63:  # JSON readers (orjson among them) stop at 64-bit integers
+        raise ConfigError(f"simulate: seed must fit in 64 bits, got {seed}")
     per_user: dict[str, Any] = {}
     for index in range(users):
         p, _ = _draw_profile(seed, index, start_ms, end_ms)
@@ -1124,7 +1127,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="D",
         help=f"length of the window in days, up to {MAX_DAYS:g} (default 7)",
     )
-    parser.add_argument("--seed", type=int, default=42, metavar="S", help="random seed (default 42)")
+    parser.add_argument("--seed", type=seed_arg, default=42, metavar="S", help="random seed (default 42)")
     parser.add_argument(
         "--start",
         type=_start_arg,
