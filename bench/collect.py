@@ -125,7 +125,9 @@ def _events(n: int, seed: int) -> list[dict[str, Any]]:
 
 
 def _bodies(events: Sequence[dict[str, Any]], batch: int) -> list[tuple[int, bytes]]:
-    return [(len(events[i : i + batch]), orjson.dumps(list(events[i : i + batch]))) for i in range(0, len(events), batch)]
+    return [
+        (len(events[i : i + batch]), orjson.dumps(list(events[i : i + batch]))) for i in range(0, len(events), batch)
+    ]
 
 
 # --- (a) raw producer -----------------------------------------------------------------------------------------------
@@ -193,7 +195,9 @@ async def _post(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[
         return response.status, accepted
 
 
-async def _closed_loop(url: str, bodies: Sequence[tuple[int, bytes]], concurrency: int) -> tuple[int, float, list[float], dict[str, int]]:
+async def _closed_loop(
+    url: str, bodies: Sequence[tuple[int, bytes]], concurrency: int
+) -> tuple[int, float, list[float], dict[str, int]]:
     queue = iter(bodies)
     latencies: list[float] = []
     statuses: dict[str, int] = {}
@@ -216,7 +220,9 @@ async def _closed_loop(url: str, bodies: Sequence[tuple[int, bytes]], concurrenc
     return accepted, seconds, latencies, statuses
 
 
-async def _open_loop(url: str, bodies: Sequence[tuple[int, bytes]], per_second: float) -> tuple[int, float, list[float], dict[str, int]]:
+async def _open_loop(
+    url: str, bodies: Sequence[tuple[int, bytes]], per_second: float
+) -> tuple[int, float, list[float], dict[str, int]]:
     latencies: list[float] = []
     statuses: dict[str, int] = {}
     accepted = 0
@@ -298,7 +304,9 @@ def run_benchmark(
             bodies = _bodies(data, paced_batch)
             bodies = (bodies * (count // len(bodies) + 1))[:count]
             accepted, seconds, lat, statuses = asyncio.run(_open_loop(url, bodies, per_second))
-            phases.append(_Phase(f"paced at {paced_fraction:.0%} of best", paced_batch, 0, accepted, seconds, lat, statuses))
+            phases.append(
+                _Phase(f"paced at {paced_fraction:.0%} of best", paced_batch, 0, accepted, seconds, lat, statuses)
+            )
             steps.update()
         steps.close()
     finally:
@@ -419,13 +427,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = "\n\n".join((__doc__ or "").split("\n\n")[1:])
     parser.add_argument("--events", type=_count(1_000, 5_000_000), default=60_000, help="events per phase [60000]")
     parser.add_argument(
-        "--batch-sizes", type=_counts(1, 500), default=[5, 50, 200], metavar="B,..", help="events per request [5,50,200]"
+        "--batch-sizes",
+        type=_counts(1, 500),
+        default=[5, 50, 200],
+        metavar="B,..",
+        help="events per request [5,50,200]",
     )
     parser.add_argument(
         "--concurrency", type=_counts(1, 1000), default=[16, 200], metavar="C,..", help="concurrent clients [16,200]"
     )
     parser.add_argument(
-        "--paced-batch", type=_count(1, 500), default=TARGET_BATCH, help=f"batch size of the paced phase [{TARGET_BATCH}]"
+        "--paced-batch",
+        type=_count(1, 500),
+        default=TARGET_BATCH,
+        help=f"batch size of the paced phase [{TARGET_BATCH}]",
     )
     parser.add_argument(
         "--paced-fraction", type=_fraction, default=0.5, help="paced load as a fraction of the best rate [0.5]"
@@ -478,4 +493,3 @@ def _check_writable(out_dir: Path) -> None:
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK):
         raise ConfigError(f"--out-dir {out_dir}: {probe} is not a writable directory")
-

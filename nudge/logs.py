@@ -6,9 +6,9 @@ sensitive, whatever they look like. The log filter's pattern pass (`redact`)
 is the safety net for free text.
 
 >>> redact_event({"type": "profile_update", "phone": "+1234567", "push_token": "abc"})
-{'type': 'profile_update', 'phone': '+1*****67', 'push_token': '***'}
+{'type': 'profile_update', 'phone': '+1****67', 'push_token': '***'}
 >>> redact("sms to +447911123456, {'push_token': 'abcdef'}")
-"sms to +4*****56, {'push_token': '***'}"
+"sms to +44*******456, {'push_token': '***'}"
 """
 
 from __future__ import annotations
@@ -46,16 +46,35 @@ _SECRET = re.compile(
 )
 
 
+# Country calling codes of 1 and 2 digits (the rest have 3), to keep a masked number's country.
+_CC1 = frozenset({"1", "7"})
+_CC2 = frozenset(
+    str(code)
+    for code in (20, 27, 30, 31, 32, 33, 34, 36, 39, 40, 41, 43, 44, 45, 46, 47, 48, 49, 51, 52, 53, 54, 55, 56,
+                 57, 58, 60, 61, 62, 63, 64, 65, 66, 81, 82, 84, 86, 90, 91, 92, 93, 94, 95, 98)
+)  # fmt: skip
+
+
 def mask_phone(phone: str) -> str:
-    """Keep the first digit (the start of the country code) and the last two; hide the length too.
+    """Keep the country code and the last 3 digits (2 of a short number); anything not E.164 is fully masked.
 
     >>> mask_phone("+447911123456")
-    '+4*****56'
+    '+44*******456'
+    >>> mask_phone("+3536399812")
+    '+353****812'
+    >>> mask_phone("+1234567")
+    '+1****67'
+    >>> mask_phone("0791 112 3456")
+    '***'
     """
-    digits = [c for c in phone if c.isdigit()]
-    if len(digits) < 5:
+    if not phone:
+        return ""
+    digits = "".join(c for c in phone if c.isdigit())
+    if not phone.startswith("+") or not 7 <= len(digits) <= 15 or digits[0] == "0":
         return _MASK
-    return f"+{digits[0]}*****{''.join(digits[-2:])}"
+    cc_len = 1 if digits[:1] in _CC1 else 2 if digits[:2] in _CC2 else 3
+    tail = 3 if len(digits) >= 10 else 2
+    return f"+{digits[:cc_len]}{'*' * (len(digits) - cc_len - tail)}{digits[-tail:]}"
 
 
 def _mask(name: str, value: Any) -> Any:

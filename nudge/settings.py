@@ -75,12 +75,25 @@ def one_of(*choices: str) -> Rule:
 
 
 def topic_name_problem(value: str) -> str | None:
-    """Why Kafka would refuse `value` as a topic name, or None."""
+    """Why Kafka would refuse `value` as a topic name (a phrase after the name), or None.
+
+    Kafka's rule: 1 to 249 characters from a-z A-Z 0-9 . _ -, and not "." or "..".
+
+    >>> topic_name_problem("clicks-v2.test_1") is None
+    True
+    >>> topic_name_problem("my clicks")
+    "holds characters Kafka does not allow (' '): use only a-z A-Z 0-9 . _ -"
+    """
+    if not value:
+        return "is empty"
     if value in (".", ".."):
         return "is a name Kafka reserves"
-    if not 1 <= len(value) <= 249:
+    if len(value) > 249:
         return f"has {len(value)} characters, not 1..249"
-    return None if re.fullmatch(r"[a-zA-Z0-9._-]+", value) else "holds a character Kafka refuses in a topic name"
+    bad = "".join(dict.fromkeys(c for c in value if not re.fullmatch(r"[a-zA-Z0-9._-]", c)))
+    if bad:
+        return f"holds characters Kafka does not allow ({bad[:10]!r}): use only a-z A-Z 0-9 . _ -"
+    return None
 
 
 # Kafka's own rule for topic names (and so for the app id, a prefix of internal topics).
@@ -289,7 +302,7 @@ class Settings:
         between(0.01, 3600.0, " s"),
     )
     collector_max_in_flight: int = _setting(
-        512,
+        256,
         "NUDGE_COLLECTOR_MAX_IN_FLIGHT",
         "requests handled at once; beyond it 503 with Retry-After",
         between(1, 100_000),

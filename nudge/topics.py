@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import time
 
 from kafka import KafkaAdminClient
@@ -22,9 +21,10 @@ from nudge.errors import ConfigError, DependencyUnavailable
 from nudge.events import TOPIC_OF_TYPE
 from nudge.kafka_clients import connect
 from nudge.settings import Settings
+from nudge.settings import topic_name_problem as settings_topic_name_problem
+from nudge.text import printable
 
 __all__ = [
-    "MAX_TOPIC_NAME_LENGTH",
     "admin_client",
     "ensure_topics",
     "topic_for_event_type",
@@ -35,34 +35,18 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _DESCRIBE_TIMEOUT_S = 30.0
-MAX_TOPIC_NAME_LENGTH = 249
-_LEGAL_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]+")
 
 
 def topic_name_problem(name: str) -> str | None:
-    """Why `name` is not a legal Kafka topic name, or None when it is.
+    """Why `name` is not a legal Kafka topic name, as a sentence, or None (the rule: nudge.settings).
 
-    Kafka's rule: 1 to 249 characters from [a-zA-Z0-9._-], and not "." or "..".
-
-    >>> topic_name_problem("clicks-v2.test_1") is None
-    True
     >>> topic_name_problem("my clicks")
-    "topic name 'my clicks' has characters Kafka does not allow (' '): use only a-z A-Z 0-9 . _ -"
+    "topic name 'my clicks' holds characters Kafka does not allow (' '): use only a-z A-Z 0-9 . _ -"
     >>> topic_name_problem("..")
-    "topic name '..' is not allowed by Kafka"
+    "topic name '..' is a name Kafka reserves"
     """
-    if not name:
-        return "topic name is empty"
-    if len(name) > MAX_TOPIC_NAME_LENGTH:
-        return f"topic name {name[:40]!r}... is {len(name)} characters long: Kafka allows {MAX_TOPIC_NAME_LENGTH}"
-    if name in (".", ".."):
-        return f"topic name {name!r} is not allowed by Kafka"
-    if not _LEGAL_TOPIC_NAME.fullmatch(name):
-        bad = "".join(dict.fromkeys(c for c in name if not _LEGAL_TOPIC_NAME.fullmatch(c)))
-        return (
-            f"topic name {name[:60]!r} has characters Kafka does not allow ({bad[:10]!r}): use only a-z A-Z 0-9 . _ -"
-        )
-    return None
+    problem = settings_topic_name_problem(name)
+    return None if problem is None else f"topic name {printable(name[:60])!r} {problem}"
 
 
 def topic_for_kind(settings: Settings, kind: str) -> str:

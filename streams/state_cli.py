@@ -38,7 +38,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from features.lifecycle import classify
 from nudge.errors import ConfigError, DependencyUnavailable, InputError
 from nudge.events import id_problem
-from nudge.logs import display_url
+from nudge.logs import display_url, mask_phone
 from nudge.settings import Settings
 from nudge.text import printable, quoted
 
@@ -49,7 +49,6 @@ __all__ = [
     "format_state",
     "human_duration",
     "mask_fields",
-    "mask_phone",
     "mask_token",
     "read_state",
     "run",
@@ -66,13 +65,6 @@ _MISSING: Final = "(not in hash)"
 
 # E.164 country codes are 1 to 3 digits and prefix-free: these are the 1- and
 # 2-digit ones; every other code has 3 digits.
-_CC1: Final = frozenset({"1", "7"})
-_CC2: Final = frozenset(
-    str(code)
-    for code in (20, 27, 30, 31, 32, 33, 34, 36, 39, 40, 41, 43, 44, 45, 46, 47, 48, 49, 51, 52, 53, 54, 55, 56,
-                 57, 58, 60, 61, 62, 63, 64, 65, 66, 81, 82, 84, 86, 90, 91, 92, 93, 94, 95, 98)
-)  # fmt: skip
-_E164: Final = re.compile(r"^\+[1-9]\d{6,14}$")
 _WINDOWED: Final = re.compile(r"^(?P<base>[a-z_]+?)_(?P<span>\d+[mhd])$")
 
 # Sections in display order: (title, fields). Windowed fields (name_<n>[mhd])
@@ -91,25 +83,6 @@ _PRIVATE: Final = ("phone", "push_token", "lat", "lon")
 # --------------------------------------------------------------------------
 # Pure helpers: masking, durations, timestamps
 # --------------------------------------------------------------------------
-
-
-def mask_phone(phone: str) -> str:
-    """Keep the country code and the last 3 digits; anything not E.164 is fully masked.
-
-    >>> mask_phone("+12125550123")
-    '+1*******123'
-    >>> mask_phone("+3536399812")
-    '+353****812'
-    >>> mask_phone("0791 112 3456")
-    '***'
-    """
-    if not phone:
-        return ""
-    if not _E164.match(phone):
-        return "***"
-    digits = phone[1:]
-    cc_len = 1 if digits[:1] in _CC1 else 2 if digits[:2] in _CC2 else 3
-    return f"+{digits[:cc_len]}{'*' * (len(digits) - cc_len - 3)}{digits[-3:]}"
 
 
 def mask_token(token: str) -> str:

@@ -45,7 +45,7 @@ CASES = [
     case(["stack", "status"], 1, "NUDGE_KAFKA_BROKERS=10 is out of range: expected 1..9", {"NUDGE_KAFKA_BROKERS": "10"}),
     # --- topics ------------------------------------------------------------------------------------
     case(["topics", "extra"], 2, "unrecognized arguments: extra"),
-    case(["topics"], 1, "NUDGE_TOPIC_CLICKS='my clicks' holds a character Kafka refuses",
+    case(["topics"], 1, "NUDGE_TOPIC_CLICKS='my clicks' holds characters Kafka does not allow (' ')",
          {"NUDGE_TOPIC_CLICKS": "my clicks"}),
     case(["topics"], 1, "NUDGE_TOPIC_DLQ='..' is a name Kafka reserves", {"NUDGE_TOPIC_DLQ": ".."}),
     case(["topics"], 1, "NUDGE_PARTITIONS=0 is out of range: expected 1..1024", {"NUDGE_PARTITIONS": "0"}),
@@ -111,8 +111,8 @@ CASES = [
     case(["record", "--out", "{tmp}/r.gz", "--max-messages", "0"], 2, "--max-messages: expected an integer 1.."),
     case(["record", "--out", "{tmp}/r.gz", "--topics", ",,"], 2, "--topics: expected comma-separated topic names"),
     case(["record", "--out", "{tmp}/r.gz", "--topics", "clicks,my topic"], 2,
-         "topic name 'my topic' has characters Kafka does not allow"),
-    case(["record", "--out", "{tmp}/r.gz", "--topics", ".."], 2, "topic name '..' is not allowed by Kafka"),
+         "topic name 'my topic' holds characters Kafka does not allow"),
+    case(["record", "--out", "{tmp}/r.gz", "--topics", ".."], 2, "topic name '..' is a name Kafka reserves"),
     # --- replay (producers/replay.py) ----------------------------------------------------------------
     case(["replay"], 2, "the following arguments are required: file"),
     case(["replay", "/nonexistent.jsonl"], 2, "/nonexistent.jsonl does not exist"),

@@ -7,7 +7,16 @@ import importlib
 
 import pytest
 
-MODULES = ["nudge.events", "nudge.logs", "producers.collector", "features.lifecycle", "features.batch", "features.definitions"]
+MODULES = [
+    "nudge.events",
+    "nudge.logs",
+    "nudge.settings",
+    "nudge.topics",
+    "producers.collector",
+    "features.lifecycle",
+    "features.batch",
+    "features.definitions",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

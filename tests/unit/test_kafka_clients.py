@@ -67,7 +67,7 @@ def test_the_unreachable_line_names_the_address_and_what_to_do() -> None:
 
 @pytest.mark.parametrize(
     ("name", "says"),
-    [("", "empty"), ("a" * 250, "250 characters"), (".", "not allowed"), ("b=c", "('=')"), ("my\tclicks", "'\\t'")],
+    [("", "empty"), ("a" * 250, "250 characters"), (".", "reserves"), ("b=c", "('=')"), ("my\tclicks", "'\\t'")],
 )
 def test_topic_name_problem(name: str, says: str) -> None:
     problem = topic_name_problem(name)

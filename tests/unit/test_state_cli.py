@@ -11,8 +11,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from nudge import cli
+from nudge.logs import mask_phone
 from streams import state_cli
-from streams.state_cli import display_url, format_state, human_duration, mask_fields, mask_phone, mask_token
+from streams.state_cli import display_url, format_state, human_duration, mask_fields, mask_token
 
 NOW = datetime(2026, 10, 1, 12, 0, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)
