@@ -42,7 +42,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,6 +53,7 @@ import orjson
 from kafka import KafkaProducer
 from tqdm import tqdm
 
+from nudge.args import integer, number, output_dir, seed
 from nudge.errors import ConfigError, DependencyUnavailable
 from nudge.events import TOPIC_OF_TYPE
 from nudge.settings import Settings
@@ -377,85 +378,59 @@ def _chart(result: dict[str, Any], path: Path) -> None:
 # --- CLI ------------------------------------------------------------------------------------------------------------
 
 
-def _count(low: int, high: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is not in {low}..{high}")
-        return value
-
-    return parse
-
-
-def _counts(low: int, high: int) -> Any:
-    one = _count(low, high)
+def _integers(low: int, high: int) -> Callable[[str], list[int]]:
+    """argparse type: a comma-separated list of integers in low..high."""
+    one = integer(low, high)
 
     def parse(text: str) -> list[int]:
         values = [one(part) for part in text.split(",") if part.strip()]
         if not values:
-            raise argparse.ArgumentTypeError("give at least one number, e.g. 5,50,200")
+            raise argparse.ArgumentTypeError("expected at least one number, e.g. 5,50,200")
         return values
 
     return parse
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.01 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{value:g} is not in 0.01..1")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 1 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"{value:g} is not in 1..3600 seconds")
-    return value
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = (__doc__ or "").split("\n\n", 1)[0]
     parser.epilog = "\n\n".join((__doc__ or "").split("\n\n")[1:])
-    parser.add_argument("--events", type=_count(1_000, 5_000_000), default=60_000, help="events per phase [60000]")
+    parser.add_argument(
+        "--events",
+        type=integer(1_000, 5_000_000, why="every event is held in memory"),
+        default=60_000,
+        help="events per phase [60000]",
+    )
     parser.add_argument(
         "--batch-sizes",
-        type=_counts(1, 500),
+        type=_integers(1, 500),
         default=[5, 50, 200],
         metavar="B,..",
         help="events per request [5,50,200]",
     )
     parser.add_argument(
-        "--concurrency", type=_counts(1, 1000), default=[16, 200], metavar="C,..", help="concurrent clients [16,200]"
+        "--concurrency", type=_integers(1, 1000), default=[16, 200], metavar="C,..", help="concurrent clients [16,200]"
     )
     parser.add_argument(
         "--paced-batch",
-        type=_count(1, 500),
+        type=integer(1, 500),
         default=TARGET_BATCH,
         help=f"batch size of the paced phase [{TARGET_BATCH}]",
     )
     parser.add_argument(
-        "--paced-fraction", type=_fraction, default=0.5, help="paced load as a fraction of the best rate [0.5]"
+        "--paced-fraction", type=number(0.01, 1.0), default=0.5, help="paced load as a fraction of the best rate [0.5]"
     )
-    parser.add_argument("--paced-seconds", type=_seconds, default=10.0, help="length of the paced phase [10]")
-    parser.add_argument("--seed", type=_count(0, 2**31), default=7, help="simulator seed [7]")
     parser.add_argument(
-        "--out-dir", type=Path, default=Path("bench-results"), help="where collect.json and collect.png go"
+        "--paced-seconds", type=number(1, 3600, unit=" s"), default=10.0, help="length of the paced phase [10]"
+    )
+    parser.add_argument("--seed", type=seed, default=7, help="simulator seed [7]")
+    parser.add_argument(
+        "--out-dir", type=output_dir, default=Path("bench-results"), help="where collect.json and collect.png go"
     )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     out_dir: Path = args.out_dir
-    _check_writable(out_dir)
     result = run_benchmark(
         settings,
         events=args.events,
@@ -485,11 +460,3 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     print(f"wrote {out_dir / 'collect.json'} and {out_dir / 'collect.png'}")
     return 0
-
-
-def _check_writable(out_dir: Path) -> None:
-    probe = out_dir
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise ConfigError(f"--out-dir {out_dir}: {probe} is not a writable directory")

@@ -166,6 +166,10 @@ CASES = [
     case(["bench", "produce", "--out-dir", "/proc/version"], 2, "--out-dir: cannot write into /proc/version: "
          "/proc/version is not a directory"),
     case(["bench", "produce", "--out-dir", "/proc/version/x"], 2, "/proc/version is not a directory"),
+    case(["bench", "collect", "--out-dir", "/proc/version"], 2, "--out-dir: cannot write into /proc/version"),
+    case(["bench", "collect", "--batch-sizes", "5,0"], 2, "--batch-sizes: expected an integer 1..500, got '0'"),
+    case(["bench", "collect", "--concurrency", ","], 2, "--concurrency: expected at least one number"),
+    case(["bench", "collect", "--paced-fraction", "nan"], 2, "--paced-fraction: expected a number"),
     case(["bench", "produce", "--out-dir", "/proc/nudge"], 2, "/proc does not allow creating files"),
     case(["bench", "produce", "--events", "0"], 2, "--events: expected an integer 1..1000000"),
     case(["bench", "produce", "--events", "1e6"], 2, "--events: expected an integer"),
