@@ -6,7 +6,7 @@ sensitive, whatever they look like. The log filter's pattern pass (`redact`)
 is the safety net for free text.
 
 >>> redact_event({"type": "profile_update", "phone": "+1234567", "push_token": "abc"})
-{'type': 'profile_update', 'phone': '+1****67', 'push_token': '***'}
+{'type': 'profile_update', 'phone': '+1******', 'push_token': '***'}
 >>> redact("sms to +447911123456, {'push_token': 'abcdef'}")
 "sms to +44*******456, {'push_token': '***'}"
 """
@@ -56,14 +56,14 @@ _CC2 = frozenset(
 
 
 def mask_phone(phone: str) -> str:
-    """Keep the country code and the last 3 digits (2 of a short number); anything not E.164 is fully masked.
+    """Keep the country code and the last 3 digits (none of a short number); anything not E.164 is fully masked.
 
     >>> mask_phone("+447911123456")
     '+44*******456'
     >>> mask_phone("+3536399812")
     '+353****812'
     >>> mask_phone("+1234567")
-    '+1****67'
+    '+1******'
     >>> mask_phone("0791 112 3456")
     '***'
     """
@@ -73,8 +73,8 @@ def mask_phone(phone: str) -> str:
     if not phone.startswith("+") or not 7 <= len(digits) <= 15 or digits[0] == "0":
         return _MASK
     cc_len = 1 if digits[:1] in _CC1 else 2 if digits[:2] in _CC2 else 3
-    tail = 3 if len(digits) >= 10 else 2
-    return f"+{digits[:cc_len]}{'*' * (len(digits) - cc_len - tail)}{digits[-tail:]}"
+    tail = digits[-3:] if len(digits) >= 10 else ""
+    return f"+{digits[:cc_len]}{'*' * (len(digits) - cc_len - len(tail))}{tail}"
 
 
 def _mask(name: str, value: Any) -> Any:

@@ -174,3 +174,19 @@ def test_nudge_collect_serves_then_flushes_and_exits_0_on_sigterm(unique_topics:
     assert "POST /v1/events 207" in stderr  # the per-request INFO line
     accepted = [r["event_id"] for r in body["results"] if r["status"] == "accepted"]
     assert_in_kafka(settings, events, accepted)
+
+
+def test_an_address_it_cannot_bind_is_one_line_and_never_claims_to_listen(unique_topics: Settings) -> None:
+    env = {**os.environ, **unique_topics.to_env(), "NUDGE_COLLECTOR_API_KEY": ""}
+    done = subprocess.run(
+        [sys.executable, "-m", "nudge", "collect", "--host", "256.1.1.1", "--port", str(free_port())],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot listen on 256.1.1.1" in lines[0], done.stderr
+    assert "listening on" not in done.stderr
