@@ -158,12 +158,14 @@ class KafkaAckingProducer(EventProducer):
             with lock:
                 pending -= 1
                 last = pending == 0
+            with self._lock:
+                self.acked += 1
             if last:
-                with self._lock:
-                    self.acked += len(messages)
                 settle(None)
 
         def on_error(exc: BaseException) -> None:
+            with self._lock:
+                self.failed += 1  # flush() waits until every sent message is acked or failed
             settle(DeliveryError(f"Kafka did not acknowledge a message: {exc!r}"))
 
         self.sent += len(messages)
