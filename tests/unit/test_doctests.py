@@ -16,6 +16,7 @@ MODULES = [
     "features.lifecycle",
     "features.batch",
     "features.definitions",
+    "streams.clock",
 ]
 
 
