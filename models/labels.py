@@ -1,0 +1,396 @@
+"""Delayed labels in event time: churn and 30-day value, joined to the observation they judge.
+
+When the worker scores a user it may keep an *observation*: the model inputs
+and scores as of event time `at`. Its labels only exist later:
+
+churn     1 if the user has no event `t` with ``at < t < at + churn_horizon``,
+          else 0. Label 0 is known at the first such event (resolved_at = t);
+          label 1 once the watermark reaches ``at + churn_horizon``
+          (resolved_at = at + churn_horizon, whatever watermark step got there).
+clv_30d   the user's spend over events with ``at < t <= at + clv_window``,
+          known once the watermark reaches ``at + clv_window``.
+
+Boundaries, exactly (H = churn_horizon):
+
+- an event at ``t == at`` belongs to the observation's inputs (it is usually
+  the event that caused the scoring), so it resolves nothing and its spend is
+  not in the CLV window;
+- coming back at ``at + H - 1 ms`` is label 0; at exactly ``at + H`` the user
+  was away for the full horizon: label 1, like any later return;
+- the watermark W is a promise that no event with ``ts <= W`` is still to
+  come, so label 1 is safe at ``W >= at + H`` (one ms later than strictly
+  needed, which keeps the rule the same as the CLV window's close).
+
+Out-of-order events are judged by their own time, not their arrival: an event
+older than an observation resolves nothing and adds no spend to it. An event
+that arrives after its label was resolved (it broke the watermark's promise)
+cannot change the label: the watermark is the contract.
+
+Sampling, so a very active user does not flood training: at most one
+observation per `sample_every_ms` of event time (the first at or after
+``last + sample_every_ms`` is kept), and at most `max_pending` observations
+whose windows are open at the new observation's time. Both rules read event
+times only, never how far the watermark has gone, so any batching or
+watermark cadence keeps the same observations and yields the same examples
+with the same ids (the trainer deduplicates on `example_id`).
+
+Every function is pure: it takes a `PendingLabels` and returns a new one
+with what it resolved. `PendingLabels.to_dict()` is plain JSON, for the
+worker's changelogged user state.
+
+>>> cfg = LabelConfig()
+>>> p, kept = observe(PendingLabels(), user_id="u1", at_ms=0, inputs={"recency_days": 2.0}, scores={"churn": 0.3})
+>>> p, out = on_event(p, at_ms=5 * DAY_MS, spend=19.99, config=cfg)   # back after 5 days
+>>> [(e.target, e.label) for e in out]
+[('churn', 0.0)]
+>>> p, out = advance(p, watermark_ms=30 * DAY_MS, config=cfg)          # the CLV window closes
+>>> [(e.target, e.label, e.resolved_at) for e in out], p.observations
+([('clv_30d', 19.99, 2592000000)], ())
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import orjson
+
+__all__ = [
+    "DAY_MS",
+    "TARGETS",
+    "Example",
+    "LabelConfig",
+    "Observation",
+    "PendingLabels",
+    "Target",
+    "advance",
+    "example_id",
+    "next_deadline",
+    "observe",
+    "on_event",
+]
+
+DAY_MS = 86_400_000
+Target = Literal["churn", "clv_30d"]
+TARGETS: tuple[Target, ...] = ("churn", "clv_30d")
+_STATE_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class LabelConfig:
+    """How long labels take and how much is sampled (event-time milliseconds)."""
+
+    churn_horizon_ms: int = 14 * DAY_MS
+    clv_window_ms: int = 30 * DAY_MS
+    sample_every_ms: int = DAY_MS
+    max_pending: int = 32
+
+    def __post_init__(self) -> None:
+        for name in ("churn_horizon_ms", "clv_window_ms", "sample_every_ms", "max_pending"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"LabelConfig.{name} must be a positive integer, got {v!r}")
+
+    @property
+    def longest_ms(self) -> int:
+        """How long an observation can wait for its last label."""
+        return max(self.churn_horizon_ms, self.clv_window_ms)
+
+
+DEFAULT_CONFIG = LabelConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """A scored moment waiting for its labels. Treat the mappings as read-only."""
+
+    at_ms: int
+    inputs: dict[str, float]
+    scores: dict[str, float]
+    versions: dict[str, str]
+    churn_open: bool = True
+    clv_open: bool = True
+    # Integer cents: the sum is exact, so it does not depend on the order events arrive in.
+    clv_cents: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PendingLabels:
+    """One user's observations awaiting labels, plus when the last one was sampled.
+
+    `last_observed_at` outlives the observations (it drives sampling), and
+    `user_id` is set by the first `observe`.
+    """
+
+    user_id: str | None = None
+    last_observed_at: int | None = None
+    observations: tuple[Observation, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON for the user's state (versioned, so the shape can evolve)."""
+        return {
+            "v": _STATE_VERSION,
+            "user_id": self.user_id,
+            "last_observed_at": self.last_observed_at,
+            "observations": [
+                {
+                    "at": o.at_ms,
+                    "inputs": o.inputs,
+                    "scores": o.scores,
+                    "versions": o.versions,
+                    "churn_open": o.churn_open,
+                    "clv_open": o.clv_open,
+                    "clv_cents": o.clv_cents,
+                }
+                for o in self.observations
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PendingLabels:
+        """The inverse of `to_dict`; a malformed value raises ValueError naming the field."""
+        try:
+            if d["v"] != _STATE_VERSION:
+                raise ValueError(f"unknown version {d['v']!r}")
+            obs = tuple(
+                Observation(
+                    at_ms=int(o["at"]),
+                    inputs={str(k): float(v) for k, v in o["inputs"].items()},
+                    scores={str(k): float(v) for k, v in o["scores"].items()},
+                    versions={str(k): str(v) for k, v in o["versions"].items()},
+                    churn_open=bool(o["churn_open"]),
+                    clv_open=bool(o["clv_open"]),
+                    clv_cents=int(o["clv_cents"]),
+                )
+                for o in d["observations"]
+            )
+            last = d["last_observed_at"]
+            user = d["user_id"]
+            return cls(None if user is None else str(user), None if last is None else int(last), obs)
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise ValueError(f"PendingLabels.from_dict: malformed state ({exc.__class__.__name__}: {exc})") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """A resolved training example: what the models saw at `observed_at` and what happened next.
+
+    `example_id` depends only on (user, observation time, target), so replays
+    and retries produce the same id and the trainer learns each example once.
+    """
+
+    example_id: str
+    user_id: str
+    target: Target
+    observed_at: int
+    resolved_at: int
+    inputs: dict[str, float]
+    label: float
+    scores: dict[str, float] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        """Canonical JSON (sorted keys): equal examples give equal bytes."""
+        return orjson.dumps(
+            {
+                "example_id": self.example_id,
+                "user_id": self.user_id,
+                "target": self.target,
+                "observed_at": self.observed_at,
+                "resolved_at": self.resolved_at,
+                "inputs": self.inputs,
+                "label": self.label,
+                "scores": self.scores,
+                "versions": self.versions,
+            },
+            option=orjson.OPT_SORT_KEYS,
+        )
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Example:
+        """The inverse of `to_json`; a malformed record raises ValueError."""
+        try:
+            d = orjson.loads(data)
+            target = d["target"]
+            if target not in TARGETS:
+                raise ValueError(f"unknown target {target!r}")
+            return cls(
+                example_id=str(d["example_id"]),
+                user_id=str(d["user_id"]),
+                target=target,
+                observed_at=int(d["observed_at"]),
+                resolved_at=int(d["resolved_at"]),
+                inputs={str(k): float(v) for k, v in d["inputs"].items()},
+                label=float(d["label"]),
+                scores={str(k): float(v) for k, v in d["scores"].items()},
+                versions={str(k): str(v) for k, v in d["versions"].items()},
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise ValueError(f"Example.from_json: malformed record ({exc.__class__.__name__}: {exc})") from None
+
+
+def example_id(user_id: str, observed_at: int, target: str) -> str:
+    """A stable id: 32 hex digits of BLAKE2b over (user, observation time, target).
+
+    >>> example_id("u1", 0, "churn") == example_id("u1", 0, "churn") != example_id("u1", 0, "clv_30d")
+    True
+    """
+    # The unit separator cannot occur in a user id (nudge.events' id rule refuses control characters).
+    key = f"{user_id}\x1f{observed_at}\x1f{target}".encode()
+    return hashlib.blake2b(key, digest_size=16).hexdigest()
+
+
+def _finite(name: str, values: Mapping[str, float]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in values.items():
+        f = float(v)
+        if not math.isfinite(f):
+            # Sanitising is the caller's job (one gate for training and scoring alike);
+            # a NaN here is a bug upstream, and it would also break the JSON state.
+            raise ValueError(f"observe: {name}[{k!r}] is {v!r}; sanitise inputs before observing")
+        out[k] = f
+    return out
+
+
+def observe(
+    pending: PendingLabels,
+    *,
+    user_id: str,
+    at_ms: int,
+    inputs: Mapping[str, float],
+    scores: Mapping[str, float],
+    versions: Mapping[str, str] | None = None,
+    config: LabelConfig = DEFAULT_CONFIG,
+) -> tuple[PendingLabels, bool]:
+    """Keep (or not) an observation of `user_id` scored as of event time `at_ms`.
+
+    Returns the new state and whether the observation was kept. `at_ms`
+    should be the "as of" time of the scores: every event already folded
+    into `inputs` has ``ts <= at_ms`` (an event folded in before the
+    observation is its input, never its label).
+    """
+    if pending.user_id is not None and pending.user_id != user_id:
+        raise ValueError(f"observe: state of user {pending.user_id!r} given for user {user_id!r}")
+    last = pending.last_observed_at
+    if last is not None and at_ms < last + config.sample_every_ms:
+        return pending, False
+    still_open = sum(1 for o in pending.observations if at_ms < o.at_ms + config.longest_ms)
+    if still_open >= config.max_pending:
+        return pending, False
+    obs = Observation(
+        at_ms=at_ms,
+        inputs=_finite("inputs", inputs),
+        scores=_finite("scores", scores),
+        versions={str(k): str(v) for k, v in (versions or {}).items()},
+    )
+    return PendingLabels(user_id, at_ms, (*pending.observations, obs)), True
+
+
+def _example(pending: PendingLabels, o: Observation, target: Target, resolved_at: int, label: float) -> Example:
+    user = pending.user_id or ""
+    return Example(
+        example_id=example_id(user, o.at_ms, target),
+        user_id=user,
+        target=target,
+        observed_at=o.at_ms,
+        resolved_at=resolved_at,
+        inputs=o.inputs,
+        label=label,
+        scores=o.scores,
+        versions=o.versions,
+    )
+
+
+def on_event(
+    pending: PendingLabels, *, at_ms: int, spend: float = 0.0, config: LabelConfig = DEFAULT_CONFIG
+) -> tuple[PendingLabels, list[Example]]:
+    """A user's own event at event time `at_ms` (with `spend`, 0 unless a purchase).
+
+    Resolves churn = 0 for each pending observation with
+    ``at < at_ms < at + churn_horizon`` and adds `spend` to every open CLV
+    window with ``at < at_ms <= at + clv_window``. Pass only what the user
+    did: a push we sent (push_received) says nothing about whether they left.
+    """
+    if not pending.observations:
+        return pending, []
+    cents = _cents(spend)
+    resolved: list[Example] = []
+    changed = False
+    kept: list[Observation] = []
+    for o in pending.observations:
+        dt = at_ms - o.at_ms
+        if dt <= 0:
+            kept.append(o)
+            continue
+        churn_open, clv_cents = o.churn_open, o.clv_cents
+        if churn_open and dt < config.churn_horizon_ms:
+            resolved.append(_example(pending, o, "churn", at_ms, 0.0))
+            churn_open = False
+        if o.clv_open and cents and dt <= config.clv_window_ms:
+            clv_cents += cents
+        if churn_open != o.churn_open or clv_cents != o.clv_cents:
+            changed = True
+            o = replace(o, churn_open=churn_open, clv_cents=clv_cents)
+        if o.churn_open or o.clv_open:
+            kept.append(o)
+        else:
+            changed = True
+    if not changed:
+        return pending, resolved
+    return replace(pending, observations=tuple(kept)), resolved
+
+
+def advance(
+    pending: PendingLabels, *, watermark_ms: int, config: LabelConfig = DEFAULT_CONFIG
+) -> tuple[PendingLabels, list[Example]]:
+    """Event time has reached `watermark_ms` (no event with ``ts <= watermark_ms`` is still to come).
+
+    Resolves churn = 1 for observations whose horizon has passed without an
+    event, and the CLV label for those whose window has closed; an
+    observation with both labels out leaves the state. Watermarks only move
+    forward: an older one resolves nothing new.
+    """
+    due = next_deadline(pending, config)
+    if due is None or watermark_ms < due:
+        return pending, []
+    resolved: list[Example] = []
+    kept: list[Observation] = []
+    for o in pending.observations:
+        churn_at, clv_at = o.at_ms + config.churn_horizon_ms, o.at_ms + config.clv_window_ms
+        churn_open, clv_open = o.churn_open, o.clv_open
+        if churn_open and watermark_ms >= churn_at:
+            resolved.append(_example(pending, o, "churn", churn_at, 1.0))
+            churn_open = False
+        if clv_open and watermark_ms >= clv_at:
+            resolved.append(_example(pending, o, "clv_30d", clv_at, o.clv_cents / 100))
+            clv_open = False
+        if churn_open or clv_open:
+            kept.append(replace(o, churn_open=churn_open, clv_open=clv_open))
+    return replace(pending, observations=tuple(kept)), resolved
+
+
+def next_deadline(pending: PendingLabels, config: LabelConfig = DEFAULT_CONFIG) -> int | None:
+    """The earliest watermark at which `advance` would resolve something, or None.
+
+    Lets the worker index users by deadline instead of advancing all of them
+    on every watermark tick.
+    """
+    best: int | None = None
+    for o in pending.observations:
+        if o.churn_open:
+            t = o.at_ms + config.churn_horizon_ms
+            best = t if best is None or t < best else best
+        if o.clv_open:
+            t = o.at_ms + config.clv_window_ms
+            best = t if best is None or t < best else best
+    return best
+
+
+def _cents(spend: float) -> int:
+    f = float(spend)
+    if not math.isfinite(f):
+        raise ValueError(f"on_event: spend is {spend!r}; it must be a finite amount")
+    return round(f * 100)
