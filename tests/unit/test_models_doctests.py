@@ -9,6 +9,7 @@ import pytest
 
 MODULES = [
     "models.inputs",
+    "models.segments",
     "models.snapshot",
 ]
 
