@@ -8,6 +8,7 @@ import importlib
 import pytest
 
 MODULES = [
+    "models.evaluation",
     "models.inputs",
     "models.segments",
     "models.snapshot",

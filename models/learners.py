@@ -1,0 +1,100 @@
+"""The `Learner` protocol and the wrappers that put River models behind it.
+
+A learner is what the trainer and the scorers hold: `predict(x) -> float`
+and `learn(x, y)`, where `x` is the *raw* output of
+`models.inputs.model_inputs`. The wrappers sanitise `x` first
+(`models.inputs.sanitise`), so a NaN, an infinity or an absurd value never
+reaches River, which checks nothing, and training and scoring fill a missing
+input the same way. What was repaired is counted in `repairs` (by reason)
+for a metric. Wrappers pickle with their model, so a snapshot carries them
+whole.
+
+- `Classifier`: `predict` is P(y = 1). With `balance=True` each example is
+  weighted by n / (2 n_class) from running class counts (the "balanced"
+  class weight), so a rare class pulls as hard as a common one; this needs
+  a model whose `learn_one` takes `w` (linear models, Hoeffding trees).
+- `Regressor`: learns on log1p(y) and predicts expm1 of that, never below 0:
+  spend is heavy-tailed, and a squared loss on the raw scale would chase the
+  few big spenders. (Its predictions are so nearer a median than a mean, which
+  suits MAE, the metric we report.)
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from models.inputs import INPUTS, Input, sanitise
+
+__all__ = ["Classifier", "Learner", "Regressor"]
+
+
+@runtime_checkable
+class Learner(Protocol):
+    """An online model over raw model inputs."""
+
+    def predict(self, x: Mapping[str, float]) -> float: ...
+
+    def learn(self, x: Mapping[str, float], y: float) -> None: ...
+
+
+class _Sanitising:
+    def __init__(self, model: Any, *, inputs: Sequence[Input] = INPUTS) -> None:
+        self.model = model
+        self.inputs = tuple(inputs)
+        self.repairs: Counter[str] = Counter()
+        self.n_learned = 0
+
+    def _clean(self, x: Mapping[str, float]) -> dict[str, float]:
+        clean, repairs = sanitise(x, self.inputs)
+        if repairs:
+            self.repairs.update(repairs)
+        return clean
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.model!r}, learned={self.n_learned})"
+
+
+class Classifier(_Sanitising):
+    """A River binary classifier behind `Learner`: predict() is P(y = 1)."""
+
+    def __init__(self, model: Any, *, balance: bool = False, inputs: Sequence[Input] = INPUTS) -> None:
+        super().__init__(model, inputs=inputs)
+        self.balance = balance
+        self.class_counts = [0, 0]
+
+    def predict(self, x: Mapping[str, float]) -> float:
+        proba = self.model.predict_proba_one(self._clean(x))
+        p = float(proba.get(True, 0.0))
+        # An untrained model may answer {} : no opinion is 0.5, not 0.
+        return p if proba else 0.5
+
+    def learn(self, x: Mapping[str, float], y: float) -> None:
+        label = bool(y >= 0.5)
+        self.class_counts[label] += 1
+        self.n_learned += 1
+        clean = self._clean(x)
+        if self.balance:
+            n = self.n_learned
+            self.model.learn_one(clean, label, w=n / (2 * self.class_counts[label]))
+        else:
+            self.model.learn_one(clean, label)
+
+
+class Regressor(_Sanitising):
+    """A River regressor behind `Learner`, on a log1p scale; predictions are >= 0."""
+
+    def predict(self, x: Mapping[str, float]) -> float:
+        raw = float(self.model.predict_one(self._clean(x)))
+        if not math.isfinite(raw):
+            return 0.0
+        return math.expm1(min(max(raw, 0.0), 50.0))
+
+    def learn(self, x: Mapping[str, float], y: float) -> None:
+        if not math.isfinite(y):
+            self.repairs["bad_target"] += 1
+            return
+        self.n_learned += 1
+        self.model.learn_one(self._clean(x), math.log1p(max(y, 0.0)))
