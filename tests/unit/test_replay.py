@@ -476,6 +476,7 @@ class FakeConsumer:
 def test_topic_metadata_names_every_missing_topic_and_how_to_create_it() -> None:
     metadata = replay_mod._TopicMetadata(SETTINGS)
     metadata._consumer = FakeConsumer({"clicks": 6})  # type: ignore[assignment]
+    metadata.max_bytes["clicks"] = 1_000_000  # known already: no admin client (and no Kafka) needed
     assert metadata("clicks") == 6
     with pytest.raises(ConfigError) as exc:
         metadata.require(["clicks", "nope", "gone"], " (a --topic-map target)")
