@@ -53,7 +53,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
@@ -333,14 +333,15 @@ def on_event(
             clv_cents += cents
         if churn_open != o.churn_open or clv_cents != o.clv_cents:
             changed = True
-            o = replace(o, churn_open=churn_open, clv_cents=clv_cents)
+            # A direct constructor call: dataclasses.replace costs ~2 us per observation.
+            o = Observation(o.at_ms, o.inputs, o.scores, o.versions, churn_open, o.clv_open, clv_cents)
         if o.churn_open or o.clv_open:
             kept.append(o)
         else:
             changed = True
     if not changed:
         return pending, resolved
-    return replace(pending, observations=tuple(kept)), resolved
+    return PendingLabels(pending.user_id, pending.last_observed_at, tuple(kept)), resolved
 
 
 def advance(
@@ -368,8 +369,8 @@ def advance(
             resolved.append(_example(pending, o, "clv_30d", clv_at, o.clv_cents / 100))
             clv_open = False
         if churn_open or clv_open:
-            kept.append(replace(o, churn_open=churn_open, clv_open=clv_open))
-    return replace(pending, observations=tuple(kept)), resolved
+            kept.append(Observation(o.at_ms, o.inputs, o.scores, o.versions, churn_open, clv_open, o.clv_cents))
+    return PendingLabels(pending.user_id, pending.last_observed_at, tuple(kept)), resolved
 
 
 def next_deadline(pending: PendingLabels, config: LabelConfig = DEFAULT_CONFIG) -> int | None:
