@@ -341,3 +341,89 @@ def test_ips_takes_a_policy_and_refuses_empty_logs() -> None:
     assert 0 <= est.value <= 1 and est.effective_n > 0
     with pytest.raises(ValueError, match="no logged rewards"):
         ips_value([], policy)
+
+
+# --- replay: any watermark cadence, the same rewards -------------------------------
+
+# Room for every exposure a timeline can open (the cap has its own test).
+ROOMY = BanditConfig(max_open_exposures=64)
+STEPS = st.one_of(st.sampled_from([0, 1, WINDOW - 1, WINDOW, WINDOW + 1]), st.integers(0, 2 * WINDOW))
+
+
+@st.composite
+def exposure_timelines(draw: st.DrawFn) -> list[tuple[str, int, str | None, tuple[str, ...]]]:
+    """One user's exposures and purchases in arrival order (purchases sometimes late)."""
+    now, items = T0, []
+    for _ in range(draw(st.integers(1, 25))):
+        now += draw(STEPS)
+        if draw(st.booleans()):
+            items.append(("expose", now, draw(st.sampled_from(IDS)), ()))
+        else:
+            late = draw(st.sampled_from([0, 0, 1, HOUR, WINDOW]))
+            offer = draw(st.sampled_from([None, *IDS]))
+            cats = tuple(draw(st.lists(st.sampled_from(CATEGORIES), max_size=2)))
+            items.append(("purchase", now - late, offer, cats))
+    return items
+
+
+def attribute(
+    items: list[tuple[str, int, str | None, tuple[str, ...]]], watermarks: dict[int, int]
+) -> list[BanditReward]:
+    a, out = Attribution(), []
+    for i, (kind, at, offer_id, cats) in enumerate(items):
+        if kind == "expose":
+            assert offer_id is not None
+            a, _ = expose(
+                a, user_id="u1", at_ms=at, offer_id=offer_id, context={}, propensity=0.5, catalog=BY_ID, config=ROOMY
+            )
+        else:
+            a, got = on_purchase(a, at_ms=at, offer_id=offer_id, categories=cats, config=ROOMY)
+            out += got
+        if i in watermarks:
+            a, got = advance(a, watermark_ms=watermarks[i], config=ROOMY)
+            out += got
+        a = Attribution.from_dict(orjson.loads(orjson.dumps(a.to_dict())))
+    a, got = advance(a, watermark_ms=2**62, config=ROOMY)
+    assert a.exposures == ()
+    return sorted(out + got, key=lambda r: r.reward_id)
+
+
+@settings(max_examples=200, deadline=None)
+@given(items=exposure_timelines(), data=st.data())
+def test_any_watermark_cadence_gives_the_same_rewards_one_per_exposure(
+    items: list[tuple[str, int, str | None, tuple[str, ...]]], data: st.DataObject
+) -> None:
+    # A watermark after item i never passes what is still to come.
+    bounds, bound = [0] * len(items), 2**62
+    for i in range(len(items) - 1, -1, -1):
+        bounds[i] = bound
+        kind, at, _, _ = items[i]
+        bound = min(bound, at - 1 if kind == "purchase" else at)
+    watermarks, last = {}, 0
+    for i in range(len(items)):
+        if data.draw(st.booleans(), label=f"advance after {i}") and bounds[i] > last:
+            last = data.draw(st.integers(last, min(bounds[i], T0 + 1000 * WINDOW)), label="watermark")
+            watermarks[i] = last
+    expected = attribute(items, {})
+    assert attribute(items, watermarks) == expected
+    exposures = {(at, o) for kind, at, o, _ in items if kind == "expose"}
+    assert sorted((r.exposed_at, r.offer_id) for r in expected) == sorted(exposures)
+    for r in expected:
+        assert r.reward in (0.0, 1.0)
+        assert (
+            (r.exposed_at < r.resolved_at <= r.exposed_at + WINDOW)
+            if r.reward
+            else r.resolved_at == r.exposed_at + WINDOW
+        )
+
+
+def test_open_exposures_are_capped_by_event_time_not_by_the_watermark() -> None:
+    cfg = BanditConfig(max_open_exposures=2)
+    a, opened = Attribution(), []
+    for at in (T0, T0 + 1, T0 + 2, T0 + WINDOW):
+        a, ok = expose(
+            a, user_id="u1", at_ms=at, offer_id="freeship", context={}, propensity=0.5, catalog=BY_ID, config=cfg
+        )
+        opened.append(ok)
+    # The third is refused; at T0 + WINDOW the first window has closed, so there is room again.
+    assert opened == [True, True, False, True]
