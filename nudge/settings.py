@@ -151,6 +151,10 @@ REDIS_URL = Rule(
     _redis_url_problem,
     show=lambda value: repr(display_url(value)),
 )
+MODEL_KEY = Rule(
+    "empty, or 32..1024 visible ASCII characters",
+    lambda value: None if value == "" or re.fullmatch(r"[!-~]{32,1024}", value) else "is not allowed",
+)
 PATH = Rule("a path without control characters", lambda value: _text_problem(str(value)), show=lambda v: repr(str(v)))
 BOOL = Rule("true or false (or 1/0, yes/no)", lambda value: None)
 _TYPES: Final[dict[str, type]] = {"int": int, "float": float, "str": str, "Path": Path, "bool": bool}
@@ -383,6 +387,60 @@ class Settings:
         "NUDGE_STATE_TTL_S",
         "TTL of a user's hash after its last write, seconds",
         between(60, 3650 * 86_400, " s (1 min..10 years)"),
+    )
+
+    # --- models (docs/contracts.md "Models") -------------------------------
+    topic_training_examples: str = _setting(
+        "training-examples",
+        "NUDGE_TOPIC_TRAINING_EXAMPLES",
+        "labelled examples (delayed labels resolved in event time), worker -> trainer",
+        TOPIC,
+    )
+    topic_bandit_rewards: str = _setting(
+        "bandit-rewards", "NUDGE_TOPIC_BANDIT_REWARDS", "offer exposures with their reward, worker -> trainer", TOPIC
+    )
+    topic_model_snapshots: str = _setting(
+        "model-snapshots",
+        "NUDGE_TOPIC_MODEL_SNAPSHOTS",
+        "signed model snapshots, trainer -> every worker (compacted, one partition)",
+        TOPIC,
+    )
+    model_key: str = _setting(
+        "",
+        "NUDGE_MODEL_KEY",
+        "HMAC key signing model snapshots, 32+ characters (empty: no models are trained or loaded)",
+        MODEL_KEY,
+        secret=True,
+    )
+    snapshot_every_examples: int = _setting(
+        5_000,
+        "NUDGE_SNAPSHOT_EVERY_EXAMPLES",
+        "the trainer publishes a snapshot after this many new examples and rewards...",
+        between(1, 10_000_000),
+    )
+    snapshot_every_s: float = _setting(
+        30.0,
+        "NUDGE_SNAPSHOT_EVERY_S",
+        "...or this many seconds after the last one, whichever comes first (if anything was learned)",
+        between(0.1, 86_400, " s"),
+    )
+    churn_horizon_ms: int = _setting(
+        14 * 86_400_000,
+        "NUDGE_CHURN_HORIZON_MS",
+        "a user with no event for this long (event time) after an observation has churned",
+        between(3_600_000, 365 * 86_400_000, " ms"),
+    )
+    attribution_window_ms: int = _setting(
+        72 * 3_600_000,
+        "NUDGE_ATTRIBUTION_WINDOW_MS",
+        "a purchase this long (event time) after an offer's exposure is its reward",
+        between(60_000, 90 * 86_400_000, " ms"),
+    )
+    tiers_path: Path = _setting(
+        Path("deploy/config/tiers.yaml"), "NUDGE_TIERS_PATH", "member tier thresholds (YAML)", PATH
+    )
+    offers_path: Path = _setting(
+        Path("deploy/config/offers.yaml"), "NUDGE_OFFERS_PATH", "the offer catalog: the bandit's arms (YAML)", PATH
     )
 
     def __post_init__(self) -> None:
