@@ -1,0 +1,186 @@
+"""models.bundle: the trainer/scorer contract scores in the agreed formats, learns, and survives a snapshot."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from features.state import UserState
+from models.bandit import BanditReward, reward_id
+from models.bundle import (
+    CUTS_MIN_USERS,
+    SCORE_FIELDS,
+    ModelBundle,
+    bundle_from_snapshot,
+    learn_example,
+    learn_reward,
+    new_bundle,
+    observation_scores,
+    score,
+)
+from models.inputs import sanitise
+from models.labels import DAY_MS, Example, example_id
+from models.segments import SEGMENTS, Tiers
+from models.snapshot import SnapshotRefused, open_snapshot, seal
+
+KEY = b"b" * 32
+OFFERS = ("freeship", "fashion30", "home10")
+TIERS = Tiers.model_validate(
+    {
+        "tiers": [
+            {"name": "bronze", "min_spend": 0, "min_orders": 0},
+            {"name": "gold", "min_spend": 100, "min_orders": 5},
+        ]
+    }
+)
+NOW = 1_700_000_000_000
+
+
+def churn_example(rng: random.Random, i: int) -> Example:
+    """Churners have been silent for longer and were less active (noisy, so AUC stays below 1)."""
+    churned = rng.random() < 0.3
+    recency = rng.expovariate(1 / 12) if churned else rng.expovariate(1 / 3)
+    orders = float(rng.randrange(0, 3 if churned else 10))
+    raw = {
+        "recency_days": recency,
+        "events_7d": float(rng.randrange(0, 5 if churned else 40)),
+        "orders_total": orders,
+        "spend_total": orders * rng.uniform(10, 60),
+    }
+    inputs, _ = sanitise(raw)
+    return Example(example_id(f"u{i}", i, "churn"), f"u{i}", "churn", i, i + 1, inputs, float(churned))
+
+
+def clv_example(rng: random.Random, i: int) -> Example:
+    spend = rng.choice([0.0, 0.0, rng.uniform(5, 200)])
+    inputs, _ = sanitise({"spend_30d": spend, "purchases_30d": float(spend > 0)})
+    label = spend * rng.uniform(0.5, 1.5) if rng.random() < 0.7 else 0.0
+    return Example(example_id(f"u{i}", i, "clv_30d"), f"u{i}", "clv_30d", i, i + 1, inputs, label)
+
+
+def user(spend_cents: int = 12_345, orders: int = 3) -> UserState:
+    state = UserState("u1")
+    state.first_seen = NOW - 40 * DAY_MS
+    state.last_event_ts = NOW - 2 * DAY_MS
+    state.last_purchase_ts = NOW - 5 * DAY_MS
+    state.orders_total = orders
+    state.spend_total_cents = spend_cents
+    return state
+
+
+def trained(n: int = 3000, seed: int = 1) -> ModelBundle:
+    rng = random.Random(seed)
+    bundle = new_bundle(OFFERS)
+    for i in range(n):
+        learn_example(bundle, churn_example(rng, i))
+        if i % 3 == 0:
+            learn_example(bundle, clv_example(rng, i))
+    return bundle
+
+
+def test_untrained_bundle_scores_every_field_in_its_format() -> None:
+    bundle = new_bundle(OFFERS)
+    out = score(bundle, user(), NOW, TIERS, with_offer=True)
+    # No cut points yet: no RFM grades, everything else present.
+    assert set(out) == set(SCORE_FIELDS) - {"rfm_r", "rfm_f", "rfm_m", "rfm_segment"}
+    assert re.fullmatch(r"[01]\.\d{4}", out["churn_score"])
+    assert re.fullmatch(r"\d+\.\d{2}", out["clv_30d"])
+    assert out["member_tier"] == "gold"  # 123.45 spent
+    assert out["nbo_offer"] in OFFERS and re.fullmatch(r"-?\d+\.\d{4}", out["nbo_score"])
+    assert out["models_version"] == "0"
+    assert "nbo_offer" not in score(bundle, user(), NOW, TIERS, with_offer=False)
+
+
+def test_a_user_never_seen_scores_without_error() -> None:
+    out = score(trained(300), UserState("nobody"), NOW, TIERS, with_offer=True)
+    assert out["member_tier"] == "bronze" and out["rfm_r"] == "1"  # no recency: the worst grade
+
+
+def test_trained_bundle_scores_rfm_and_churn_rises_with_silence() -> None:
+    bundle = trained()
+    out = score(bundle, user(), NOW, TIERS, with_offer=False)
+    assert set(out) == set(SCORE_FIELDS) - {"nbo_offer", "nbo_score"}
+    assert all(out[f] in "12345" and len(out[f]) == 1 for f in ("rfm_r", "rfm_f", "rfm_m"))
+    assert out["rfm_segment"] in SEGMENTS
+    later = score(bundle, user(), NOW + 30 * DAY_MS, TIERS, with_offer=False)
+    assert float(later["churn_score"]) > float(out["churn_score"])  # nobody sent an event
+    assert int(later["rfm_r"]) <= int(out["rfm_r"])
+
+
+def test_learning_a_churn_stream_lifts_auc_and_reports_quality() -> None:
+    bundle = trained()
+    q = bundle.quality
+    assert bundle.learned == {"churn": 3000, "clv_30d": 1000, "rewards": 0}
+    assert q["churn_auc"] > 0.75
+    assert 0.5 < q["churn_baseline_auc"] < 1 and bundle.churn_baseline_feature in (
+        "recency_days",
+        "events_7d",
+        "events_30d",
+        "purchases_30d",
+    )
+    assert 0 < q["churn_log_loss"] < 0.69  # better than a coin
+    assert q["clv_mae"] >= 0 and q["clv_baseline_mae"] >= 0
+
+
+def test_rfm_cuts_appear_after_enough_users() -> None:
+    rng = random.Random(2)
+    bundle = new_bundle(OFFERS)
+    for i in range(CUTS_MIN_USERS - 1):
+        learn_example(bundle, churn_example(rng, i))
+    assert bundle.cuts is None
+    learn_example(bundle, churn_example(rng, CUTS_MIN_USERS))
+    assert bundle.cuts is not None and bundle.cuts.r[0] <= bundle.cuts.r[3]
+
+
+def test_an_example_of_a_user_never_seen_does_not_feed_the_rfm_sketch() -> None:
+    bundle = new_bundle(OFFERS)
+    inputs, _ = sanitise({})
+    learn_example(bundle, Example("x", "u", "churn", 0, 1, inputs, 1.0))
+    assert bundle.rfm.count == 0 and bundle.learned["churn"] == 1
+
+
+def test_rewards_teach_the_bandit_and_report_the_rate() -> None:
+    bundle = new_bundle(OFFERS)
+    ctx, _ = sanitise({"recency_days": 1.0})
+    for i in range(200):
+        offer = OFFERS[i % 3]
+        r = BanditReward(reward_id("u", i, offer), "u", offer, i, i + 1, ctx, float(offer == "home10"), 1 / 3)
+        learn_reward(bundle, r)
+    assert bundle.learned["rewards"] == 200
+    assert bundle.quality["nbo_reward_rate"] == pytest.approx(1 / 3, abs=0.01)
+    unknown = BanditReward("z", "u", "retired", 0, 1, ctx, 1.0, 0.5)
+    learn_reward(bundle, unknown)
+    assert bundle.learned["rewards"] == 200
+
+
+def test_observation_scores_are_what_score_formats() -> None:
+    bundle = trained(500)
+    inputs, _ = sanitise({"recency_days": 2.0, "orders_total": 3.0})
+    obs = observation_scores(bundle, inputs)
+    assert set(obs) == {"churn", "clv_30d"} and 0 <= obs["churn"] <= 1 and obs["clv_30d"] >= 0
+
+
+def test_a_sealed_bundle_opens_and_scores_identically() -> None:
+    bundle = trained(1500)
+    bundle.version = 7
+    blob = seal(bundle, key=KEY, version=7, meta={"created_at": 0})
+    opened = bundle_from_snapshot(open_snapshot(blob, key=KEY))
+    for now in (NOW, NOW + 3 * DAY_MS, NOW + 40 * DAY_MS):
+        assert score(opened, user(), now, TIERS, with_offer=True) == score(bundle, user(), now, TIERS, with_offer=True)
+    assert opened.learned == bundle.learned and opened.quality == bundle.quality
+    # and keeps learning alike
+    rng = random.Random(9)
+    for i in range(200):
+        ex = churn_example(rng, i)
+        learn_example(opened, ex)
+        learn_example(bundle, ex)
+    assert opened.quality == bundle.quality
+
+
+def test_a_snapshot_holding_something_else_is_refused() -> None:
+    blob = seal({"not": "a bundle"}, key=KEY, version=1, meta={"created_at": 0})
+    with pytest.raises(SnapshotRefused) as refused:
+        bundle_from_snapshot(open_snapshot(blob, key=KEY))
+    assert refused.value.reason == "corrupt"
