@@ -104,6 +104,7 @@ class UserState:
         "last_purchase_ts",
         "late_events",
         "location",
+        "models",
         "orders_total",
         "profile",
         "spend_total_cents",
@@ -135,6 +136,9 @@ class UserState:
         self.location: list[Any] | None = None  # [ts, lat, lon]
         # per topic kind: watermark and dedup memory
         self.streams: dict[str, StreamMemory] = {}
+        # the models' per-user memory (pending labels, open offer exposures): JSON values
+        # owned by the model stage (streams/model_stage.py); the fold never reads it
+        self.models: dict[str, Any] = {}
 
     # --- serialisation (the table's changelog) ---------------------------------
 
@@ -158,6 +162,7 @@ class UserState:
             "profile": self.profile,
             "location": self.location,
             "streams": {kind: mem.to_dict() for kind, mem in self.streams.items()},
+            **({"models": self.models} if self.models else {}),
         }
 
     def to_json(self) -> bytes:
@@ -191,6 +196,7 @@ class UserState:
             state.buckets[name] = {int(b): v for b, v in bs.items()}
         state.categories = {c: {int(d): v for d, v in ds.items()} for c, ds in data["categories"].items()}
         state.streams = {kind: StreamMemory.from_dict(d) for kind, d in data["streams"].items()}
+        state.models = data.get("models", {})
         return state
 
     # --- what goes to Redis ------------------------------------------------------

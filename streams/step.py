@@ -43,8 +43,11 @@ from typing import Any, Protocol
 from kafka.partitioner.default import murmur2
 
 from features.state import FoldConfig, Outcome, UserState, fold
+from models.bandit import BanditReward
+from models.labels import Example
 from nudge.events import Rejection, parse_event
 from streams.dlq import dlq_headers
+from streams.model_stage import ModelOutput, ModelStage
 
 __all__ = [
     "InputMessage",
@@ -152,6 +155,9 @@ class StepResult:
     # its Redis write is that message's freshness.
     first_seen_at: list[float] = field(default_factory=list)
     watermark: int | None = None  # latest as_of among the touched users
+    # Delayed labels and offer rewards resolved in this batch (with a model stage).
+    examples: list[Example] = field(default_factory=list)
+    rewards: list[BanditReward] = field(default_factory=list)
     # Messages that raised (a bug, never bad input): dead-lettered as
     # processing_error; the shell logs them with their traceback.
     errors: list[tuple[InputMessage, BaseException]] = field(default_factory=list)
@@ -167,9 +173,21 @@ def expected_partition(key: bytes, partitions: int) -> int:
     return int((murmur2(key) & 0x7FFFFFFF) % partitions)
 
 
-def step(states: StateLookup, messages: Iterable[InputMessage], config: StepConfig, now_ms: int) -> StepResult:
-    """Fold a batch of input messages into user states; return them and the effects."""
+def step(
+    states: StateLookup,
+    messages: Iterable[InputMessage],
+    config: StepConfig,
+    now_ms: int,
+    models: ModelStage | None = None,
+) -> StepResult:
+    """Fold a batch of input messages into user states; return them and the effects.
+
+    With `models`, newly folded events also feed the delayed labels and offer
+    attribution (streams/model_stage.py), whose examples and rewards come back in
+    the result, and users whose labels fall due without an event are swept in.
+    """
     result = StepResult()
+    model_out = ModelOutput() if models is not None else None
     touched = result.states
     counts = result.counts
     first_seen_at: dict[str, float] = {}
@@ -209,11 +227,18 @@ def step(states: StateLookup, messages: Iterable[InputMessage], config: StepConf
             if uid not in touched:
                 touched[uid] = state
                 first_seen_at[uid] = message.timestamp or 0.0
+            if model_out is not None and models is not None and outcome is not Outcome.DUPLICATE:
+                models.on_event(state, parsed, (topic, message.partition), now_ms, model_out)
         except Exception as exc:  # the worker never dies on input
             result.errors.append((message, exc))
             _dead_letter(result, message, "processing_error", f"{type(exc).__name__}: {exc}", config, now_ms)
             continue
         counts[topic, outcome.value] = counts.get((topic, outcome.value), 0) + 1
+    if model_out is not None and models is not None:
+        models.finish(model_out, touched, states, now_ms)
+        result.examples, result.rewards = model_out.examples, model_out.rewards
+        for uid, state in model_out.swept.items():
+            touched.setdefault(uid, state)  # its labels moved: a changelog entry and a write
     _emit(result, config, now_ms)
     result.first_seen_at = [ts for ts in first_seen_at.values() if ts]
     return result

@@ -1,0 +1,105 @@
+"""The models' part of the batch step: delayed labels and offer rewards come out of the worker's step.
+
+Driven through `streams.step.step` with a `ModelStage`, as the worker runs it.
+All users here sit on one partition, so the event clock's watermark is simply
+the latest event folded (the multi-partition rule is tests/unit/test_clock.py's).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from features.definitions import DAY_MS, HOUR_MS
+from features.state import UserState
+from models.offers import by_id, load_offers
+from streams.model_stage import ModelStage
+from streams.step import StepResult, expected_partition, step
+from tests.unit.test_features import T0, make
+from tests.unit.test_step import CONFIG, P, msg_of
+
+NOW = T0 + 120 * DAY_MS
+# Users of one partition: the clock's watermark then follows the latest event.
+USERS = [u for u in (f"user{i}" for i in range(200)) if expected_partition(u.encode(), P) == 0][:4]
+A, B, C, CLOCK = USERS
+CATALOG = by_id(load_offers())
+OFFER = next(o for o in CATALOG.values() if o.category is not None)
+
+
+def batch(stage: ModelStage, states: dict[str, UserState], *events: Any) -> StepResult:
+    result = step(states, [msg_of(e, offset=i) for i, e in enumerate(events)], CONFIG, NOW, models=stage)
+    states.update(result.states)
+    return result
+
+
+def tick(name: str, at_ms: int) -> tuple[Any, ...]:
+    """Events of the clock user on every input topic: the watermark is the slowest topic's latest."""
+    return (
+        make(f"{name}-c", "page_view", at_ms, user=CLOCK),
+        make(f"{name}-a", "app_open", at_ms, user=CLOCK),
+        make(f"{name}-p", "purchase", at_ms, user=CLOCK),
+    )
+
+
+def churn(result: StepResult) -> dict[str, float]:
+    return {e.user_id: e.label for e in result.examples if e.target == "churn" and e.user_id != CLOCK}
+
+
+def test_a_user_silent_past_the_horizon_is_labelled_churned_without_an_event_of_their_own() -> None:
+    stage, states = ModelStage(CATALOG), {}
+    batch(stage, states, make("a1", "page_view", T0, user=A))
+    # other users' events move event time on; A is not in these batches
+    assert churn(batch(stage, states, *tick("c1", T0 + 14 * DAY_MS - 1))) == {}
+    result = batch(stage, states, *tick("c2", T0 + 14 * DAY_MS))
+    assert churn(result) == {A: 1.0}
+    assert A in result.states  # swept in: its changelog entry carries the resolved labels
+    assert [c for c, _ in result.changelog].count(A.encode()) == 1
+
+
+def test_a_return_within_the_horizon_is_labelled_zero_at_the_event() -> None:
+    stage, states = ModelStage(CATALOG), {}
+    batch(stage, states, make("b1", "page_view", T0, user=B))
+    result = batch(stage, states, make("b2", "app_open", T0 + 14 * DAY_MS - 1, user=B))
+    assert churn(result) == {B: 0.0}
+
+
+def test_a_push_received_is_not_a_return() -> None:
+    stage, states = ModelStage(CATALOG), {}
+    batch(stage, states, make("b1", "page_view", T0, user=B))
+    received = make("p1", "push_received", T0 + DAY_MS, user=B, campaign_id="newsletter")
+    assert churn(batch(stage, states, received)) == {}
+    assert churn(batch(stage, states, *tick("c1", T0 + 14 * DAY_MS))) == {B: 1.0}
+
+
+def test_value_labels_sum_the_spend_of_30_days_and_a_duplicate_counts_once() -> None:
+    stage, states = ModelStage(CATALOG), {}
+    batch(stage, states, make("a1", "page_view", T0, user=A))
+    buy = make("o1", "purchase", T0 + DAY_MS, user=A, total=25.0)
+    batch(stage, states, buy)
+    batch(stage, states, buy)  # redelivered
+    batch(stage, states, make("o2", "purchase", T0 + 30 * DAY_MS + 1, user=A, total=99.0))  # after the window
+    result = batch(stage, states, *tick("c1", T0 + 31 * DAY_MS))
+    clv = [e for e in result.examples if e.target == "clv_30d" and e.user_id == A and e.observed_at == T0]
+    assert [e.label for e in clv] == [25.0]
+
+
+def test_an_offer_purchased_within_the_window_is_rewarded_once_and_an_ignored_one_gets_zero() -> None:
+    stage, states = ModelStage(CATALOG), {}
+    batch(stage, states, *tick("x", T0))
+    batch(stage, states, make("r1", "push_received", T0 + HOUR_MS, user=A, campaign_id=OFFER.id))
+    batch(stage, states, make("r2", "push_received", T0 + HOUR_MS, user=C, campaign_id=OFFER.id))
+    result = batch(stage, states, make("o1", "purchase", T0 + 2 * HOUR_MS, user=A, offer_id=OFFER.id, total=5.0))
+    assert [(r.user_id, r.offer_id, r.reward) for r in result.rewards] == [(A, OFFER.id, 1.0)]
+    assert 0 < result.rewards[0].propensity <= 1
+    result = batch(stage, states, *tick("y", T0 + HOUR_MS + 72 * HOUR_MS))
+    assert [(r.user_id, r.reward) for r in result.rewards if r.user_id != CLOCK] == [(C, 0.0)]
+
+
+def test_pending_labels_survive_the_changelog_and_a_new_stage_finds_them_again() -> None:
+    stage, states = ModelStage(CATALOG), {}
+    batch(stage, states, make("a1", "page_view", T0, user=A))
+    # a restart: states come back from the changelog, the stage is new
+    recovered = {uid: UserState.from_json(s.to_json()) for uid, s in states.items()}
+    fresh = ModelStage(CATALOG)
+    fresh.track(recovered.values())
+    result = batch(fresh, recovered, *tick("c1", T0 + 14 * DAY_MS))
+    assert churn(result) == {A: 1.0}
