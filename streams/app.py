@@ -43,6 +43,7 @@ from streams import faust_internals
 from streams.batches import ack, batches
 from streams.health import DependencyHealth, QuietClientLogs
 from streams.metrics import StreamMetrics
+from streams.model_stage import ModelStage, model_stage_for
 from streams.pauses import GcPolicy
 from streams.step import StepConfig, StepResult, changelog_value, expected_partition, step, user_write
 from streams.store import FeatureStore, open_store
@@ -165,6 +166,9 @@ class UserStateUpdater:
         self._flush_lock = asyncio.Lock()
         self.gc = GcPolicy(metrics.gc_pause_seconds, settings.gc_full_every_s)
         self.gc.install()
+        # Labels and offer rewards for the trainer: only when models are on (a signing key is set).
+        self.models = model_stage_for(settings) if settings.model_key else None
+        self._tracked: frozenset[Any] = frozenset()
 
     def prepare(self, events: Sequence[EventT[Any]]) -> _Stepped:
         """Admit and step a batch (CPU only; its effects come in `perform`)."""
@@ -178,7 +182,9 @@ class UserStateUpdater:
                 admitted.append(message)
             else:
                 refused[message.topic] = refused.get(message.topic, 0) + 1
-        result = step(self.states, admitted, self.config, now_ms=int(time.time() * 1000))
+        if self.models is not None:
+            self._track_assignment(self.models, consumer)
+        result = step(self.states, admitted, self.config, now_ms=int(time.time() * 1000), models=self.models)
         self._batches += 1
         self.states.hold(result.states, self._batches)
         for failed, exc in result.errors:
@@ -190,6 +196,25 @@ class UserStateUpdater:
                 exc_info=exc,
             )
         return _Stepped(self._batches, events, result, refused, started, time.perf_counter())
+
+    def _track_assignment(self, models: ModelStage, consumer: Any) -> None:
+        """After a rebalance: the new partitions' users join the model stage's due index,
+        and revoked partitions stop holding its event clock back."""
+        assignment = frozenset(consumer.assignment())
+        if assignment == self._tracked:
+            return
+        for tp in self._tracked - assignment:
+            models.clock.forget((tp.topic, tp.partition))
+        owned = {tp.partition for tp in assignment if tp.topic in self.settings.input_topics}
+        partitions = self.config.partitions
+        users = [
+            state
+            for key in list(self.table.data.keys())
+            if expected_partition(key, partitions) in owned and (state := self.states.get(key.decode())) is not None
+        ]
+        models.track(users)
+        self._tracked = assignment
+        log.info("model stage: tracking the labels and exposures of %d users", len(users))
 
     async def perform(self, batch: _Stepped) -> None:
         """Write a stepped batch's users to Redis and produce its dead letters
@@ -305,13 +330,18 @@ class UserStateUpdater:
             flusher.cancel()
 
     async def _send_outgoing(self, result: StepResult) -> None:
-        """Produce the batch's dead letters and re-keyed messages; wait for every ack."""
+        """Produce the batch's dead letters, re-keyed messages, examples and rewards; wait for every ack."""
         outgoing = result.outgoing
-        if not outgoing:
+        learned = [
+            *((self.settings.topic_training_examples, e.user_id.encode(), e.to_json()) for e in result.examples),
+            *((self.settings.topic_bandit_rewards, r.user_id.encode(), r.to_json()) for r in result.rewards),
+        ]
+        if not outgoing and not learned:
             return
         started = time.perf_counter()
         producer = self.app.producer
         futures = [await producer.send(m.topic, m.key, m.value, None, None, m.headers) for m in outgoing]
+        futures += [await producer.send(topic, key, value, None, None, None) for topic, key, value in learned]
         await asyncio.gather(*futures)
         self.metrics.stage_seconds.labels("kafka").observe(time.perf_counter() - started)
 

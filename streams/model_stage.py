@@ -14,16 +14,16 @@ the first time):
   open 30-day value windows. A `push_received` is not the user's doing and
   does not count;
 - a `push_received` whose campaign is a catalog offer opens an exposure
-  (`models.bandit.expose`); a purchase may reward one (`on_purchase`).
+  (`models.bandit.expose`); a purchase may reward one (`on_purchase`);
+- the event may make an observation for labels to come (sampled once per
+  event-time day of the user's own events), with inputs as of the user's
+  latest event: which observations exist depends on the user's events
+  only, never on how they were cut into batches or on the watermark.
 
 Once per batch, at the watermark (event time up to which every active
-partition has delivered):
-
-- every user the batch touched, and every user the due index says has a label,
-  an exposure window or a stale score falling due, is advanced to the
-  watermark (churn 1 and value labels resolve, exposures close with reward 0);
-- each touched user may be observed (sampled once per event-time day) with
-  its inputs and scores as of its latest event, for labels to come.
+partition has delivered), every user the batch touched, and every user the
+due index says has a label or an exposure window falling due, is advanced to
+the watermark: churn 1 and value labels resolve, exposures close with reward 0.
 
 A user's pending labels and open exposures live in `UserState.models`, so
 they travel in the changelog and survive restarts and rebalances; the due
@@ -35,17 +35,17 @@ from __future__ import annotations
 import heapq
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from features.state import UserState
 from models import bandit, labels
 from models.inputs import model_inputs, sanitise
 from models.labels import Example
-from models.offers import Offer
+from models.offers import Offer, by_id, load_offers
 from nudge.events import AppEvent, Event, PurchaseEvent
 from streams.clock import EventClock
 
-__all__ = ["ModelOutput", "ModelStage", "StateLookup"]
+__all__ = ["ModelOutput", "ModelStage", "StateLookup", "model_stage_for"]
 
 _LABELS = "labels"
 _EXPOSURES = "exposures"
@@ -109,6 +109,10 @@ class ModelStage:
             pending, examples = labels.on_event(pending, at_ms=at, spend=spend, config=self.label_config)
             state.models[_LABELS] = pending.to_dict()
             out.examples.extend(examples)
+        # Sampled per event, as of the user's latest event: which observations exist then
+        # depends on the user's own events only, never on how they were cut into batches.
+        if state.as_of is not None:
+            self._observe(state, state.as_of)
         if isinstance(event, PurchaseEvent) and _EXPOSURES in state.models:
             exposures, rewards = bandit.on_purchase(
                 self._exposures(state),
@@ -123,12 +127,9 @@ class ModelStage:
     # --- per batch ----------------------------------------------------------------------------
 
     def finish(self, out: ModelOutput, touched: Mapping[str, UserState], states: StateLookup, now_ms: int) -> None:
-        """Advance to the watermark and observe; call once per batch after every `on_event`."""
+        """Advance to the watermark; call once per batch after every `on_event`."""
         watermark = self.clock.watermark(wall_ms=now_ms)
         out.watermark = watermark
-        for state in touched.values():
-            if state.as_of is not None:
-                self._observe(state, state.as_of)
         if watermark is None:
             for state in touched.values():
                 self._track(state)
@@ -207,3 +208,12 @@ def _next_deadline(state: UserState, stage: ModelStage, config: labels.LabelConf
         window = stage.bandit_config.attribution_window_ms
         deadlines.extend(e.at_ms + window for e in stage._exposures(state).exposures)
     return min(deadlines) if deadlines else None
+
+
+def model_stage_for(settings: Any) -> ModelStage:
+    """The stage the settings describe: the offer catalog file, the churn horizon, the attribution window."""
+    return ModelStage(
+        catalog=by_id(load_offers(settings.offers_path)),
+        label_config=labels.LabelConfig(churn_horizon_ms=settings.churn_horizon_ms),
+        bandit_config=bandit.BanditConfig(attribution_window_ms=settings.attribution_window_ms),
+    )
