@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("producers.replay", "replay a recorded log or a JSONL export into Kafka"),
     "import-dataset": ("producers.datasets", "convert a public dataset in shared/data into a nudge event log"),
     "worker": ("streams.cli", "run the Faust stream worker (events -> features -> Redis)"),
+    "trainer": ("streams.trainer", "learn the models from resolved examples and rewards, publish signed snapshots"),
     "state": ("streams.state_cli", "print a user's live state from Redis, with its age"),
     "bench": ("bench", "benchmarks that print numbers and write JSON + PNG"),
 }

@@ -442,6 +442,9 @@ class Settings:
     offers_path: Path = _setting(
         Path("deploy/config/offers.yaml"), "NUDGE_OFFERS_PATH", "the offer catalog: the bandit's arms (YAML)", PATH
     )
+    trainer_metrics_port: int = _setting(
+        6068, "NUDGE_TRAINER_METRICS_PORT", "trainer's Prometheus /metrics port", between(1, 65535)
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -517,6 +520,11 @@ class Settings:
     @property
     def all_topics(self) -> tuple[str, ...]:
         return (*self.input_topics, self.topic_dlq, self.topic_rekeyed)
+
+    @property
+    def model_topics(self) -> tuple[str, str, str]:
+        """The models' topics: examples and rewards (worker -> trainer), snapshots (trainer -> workers)."""
+        return (self.topic_training_examples, self.topic_bandit_rewards, self.topic_model_snapshots)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -29,6 +29,7 @@ __all__ = [
     "ensure_topics",
     "topic_for_event_type",
     "topic_for_kind",
+    "topic_layout",
     "topic_name_problem",
 ]
 
@@ -69,25 +70,38 @@ def admin_client(settings: Settings) -> KafkaAdminClient:
     return connect(KafkaAdminClient, settings, client_id="nudge-admin", request_timeout_ms=15_000)
 
 
-def ensure_topics(settings: Settings, names: tuple[str, ...] | None = None) -> list[str]:
-    """Create missing topics with the configured partitions, replication factor and
-    min.insync.replicas; return those created. Existing topics are left as they are."""
-    names = settings.all_topics if names is None else names
-    problems = [p for p in map(topic_name_problem, names) if p is not None]
-    if problems:
-        raise ConfigError(f"{problems[0]} (check the NUDGE_TOPIC_* settings)")
+def topic_layout(settings: Settings, name: str) -> tuple[int, dict[str, str]]:
+    """(partitions, topic configs) nudge creates `name` with.
+
+    Every topic gets the configured partitions, except the model snapshots:
+    one partition, compacted, since a scorer only ever wants the newest
+    snapshot (key b"models") and a trainer the newest it can verify.
+    """
     config = {
         "max.message.bytes": str(settings.max_message_bytes),
         "min.insync.replicas": str(settings.min_insync_replicas),
     }
+    if name == settings.topic_model_snapshots:
+        return 1, {**config, "cleanup.policy": "compact"}
+    return settings.partitions, config
+
+
+def ensure_topics(settings: Settings, names: tuple[str, ...] | None = None) -> list[str]:
+    """Create missing topics (default: the stream's and the models') with their layout
+    (`topic_layout`), replication factor and min.insync.replicas; return those created.
+    Existing topics are left as they are."""
+    names = (*settings.all_topics, *settings.model_topics) if names is None else names
+    problems = [p for p in map(topic_name_problem, names) if p is not None]
+    if problems:
+        raise ConfigError(f"{problems[0]} (check the NUDGE_TOPIC_* settings)")
     admin = admin_client(settings)
     try:
         existing = set(admin.list_topics())
-        wanted = [
-            NewTopic(name, settings.partitions, settings.replication, topic_configs=config)
-            for name in names
-            if name not in existing
-        ]
+        wanted = []
+        for name in dict.fromkeys(names):
+            if name not in existing:
+                partitions, config = topic_layout(settings, name)
+                wanted.append(NewTopic(name, partitions, settings.replication, topic_configs=config))
         created = []
         for topic in wanted:
             try:
@@ -96,29 +110,33 @@ def ensure_topics(settings: Settings, names: tuple[str, ...] | None = None) -> l
             except TopicAlreadyExistsError:
                 pass
         if created:
-            _wait_until_described(admin, created, settings.partitions)
+            _wait_until_described(admin, {name: topic_layout(settings, name)[0] for name in created})
             log.info(
-                "created topics %s with %d partitions, replication %d, min.insync.replicas %d",
+                "created topics %s with %d partitions, replication %d, min.insync.replicas %d%s",
                 ", ".join(created),
                 settings.partitions,
                 settings.replication,
                 settings.min_insync_replicas,
+                f" ({settings.topic_model_snapshots}: 1 partition, compacted)"
+                if settings.topic_model_snapshots in created
+                else "",
             )
         return created
     finally:
         admin.close()
 
 
-def _wait_until_described(admin: KafkaAdminClient, topics: list[str], partitions: int) -> None:
+def _wait_until_described(admin: KafkaAdminClient, partitions: dict[str, int]) -> None:
     """Wait until the brokers' metadata shows every partition of new topics with
     a leader: Kafka acknowledges a creation before every broker knows of it,
     and a client asking another broker right after would see no partitions."""
+    topics = list(partitions)
     deadline = time.monotonic() + _DESCRIBE_TIMEOUT_S
     while True:
         try:
             described = admin.describe_topics(topics)
             if all(
-                len(t["partitions"]) == partitions and all(p["leader_id"] >= 0 for p in t["partitions"])
+                len(t["partitions"]) == partitions[t["name"]] and all(p["leader_id"] >= 0 for p in t["partitions"])
                 for t in described
             ):
                 return
@@ -140,6 +158,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "topic_app_events",
         "topic_dlq",
         "topic_rekeyed",
+        "topic_training_examples",
+        "topic_bandit_rewards",
+        "topic_model_snapshots",
         "partitions",
         "replication",
         "min_insync_replicas",
@@ -151,7 +172,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     created = ensure_topics(settings)
     admin = admin_client(settings)
     try:
-        described = admin.describe_topics(list(settings.all_topics))
+        described = admin.describe_topics([*settings.all_topics, *settings.model_topics])
     finally:
         admin.close()
     for topic in sorted(described, key=lambda t: str(t["name"])):

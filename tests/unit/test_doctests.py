@@ -17,6 +17,7 @@ MODULES = [
     "features.batch",
     "features.definitions",
     "streams.clock",
+    "streams.trainer",
 ]
 
 
