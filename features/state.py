@@ -136,8 +136,9 @@ class UserState:
         self.location: list[Any] | None = None  # [ts, lat, lon]
         # per topic kind: watermark and dedup memory
         self.streams: dict[str, StreamMemory] = {}
-        # the models' per-user memory (pending labels, open offer exposures): JSON values
-        # owned by the model stage (streams/model_stage.py); the fold never reads it
+        # the models' per-user memory (pending labels, open offer exposures), owned by the
+        # model stage (streams/model_stage.py): JSON values, or objects with a to_dict()
+        # giving them; the fold never reads it
         self.models: dict[str, Any] = {}
 
     # --- serialisation (the table's changelog) ---------------------------------
@@ -162,7 +163,7 @@ class UserState:
             "profile": self.profile,
             "location": self.location,
             "streams": {kind: mem.to_dict() for kind, mem in self.streams.items()},
-            **({"models": self.models} if self.models else {}),
+            **({"models": {k: _plain(v) for k, v in self.models.items()}} if self.models else {}),
         }
 
     def to_json(self) -> bytes:
@@ -428,6 +429,11 @@ def _cart(state: UserState, event: ClickEvent, ts: int) -> None:
     if state.last_purchase_ts is not None or len(state.cart) > _CART_LIMIT:
         keep = sorted(state.cart.items(), key=lambda kv: kv[1][0])[-_CART_LIMIT:]
         state.cart = {k: v for k, v in keep if state._after_purchase(v[0])}
+
+
+def _plain(value: Any) -> Any:
+    to_dict = getattr(value, "to_dict", None)
+    return to_dict() if callable(to_dict) else value
 
 
 def _s(value: int | None) -> str:

@@ -203,8 +203,12 @@ class UserStateUpdater:
         assignment = frozenset(consumer.assignment())
         if assignment == self._tracked:
             return
+        now_ms = int(time.time() * 1000)
         for tp in self._tracked - assignment:
             models.clock.forget((tp.topic, tp.partition))
+        for tp in assignment - self._tracked:
+            if tp.topic in self.settings.input_topics:  # the re-keyed topic is empty when producers key well
+                models.clock.assign((tp.topic, tp.partition), wall_ms=now_ms)
         owned = {tp.partition for tp in assignment if tp.topic in self.settings.input_topics}
         partitions = self.config.partitions
         users = [

@@ -40,7 +40,7 @@ __all__ = ["EventClock"]
 
 @dataclass(slots=True)
 class _Partition:
-    event_ms: int
+    event_ms: int | None  # None: assigned, nothing delivered yet
     wall_ms: int
 
 
@@ -52,6 +52,16 @@ class EventClock:
     _partitions: dict[Hashable, _Partition] = field(default_factory=dict)
     _watermark: int | None = None
 
+    def assign(self, partition: Hashable, *, wall_ms: int) -> None:
+        """`partition` is ours from `wall_ms`: until it delivers (or turns idle) it holds the clock.
+
+        Without this, the first partitions to deliver after a start would set the
+        watermark alone and declare silent the users whose events sit, not yet
+        fetched, in the others.
+        """
+        if partition not in self._partitions:
+            self._partitions[partition] = _Partition(None, wall_ms)
+
     def observe(self, partition: Hashable, *, event_ms: int, wall_ms: int) -> None:
         """An event of `partition` with event time `event_ms` was folded at wall time `wall_ms`."""
         seen = self._partitions.get(partition)
@@ -59,7 +69,7 @@ class EventClock:
             self._partitions[partition] = _Partition(event_ms, wall_ms)
             return
         seen.wall_ms = max(seen.wall_ms, wall_ms)
-        if event_ms > seen.event_ms:
+        if seen.event_ms is None or event_ms > seen.event_ms:
             seen.event_ms = event_ms
 
     def forget(self, partition: Hashable) -> None:
@@ -69,8 +79,8 @@ class EventClock:
     def watermark(self, *, wall_ms: int) -> int | None:
         """Event time up to which every active partition has delivered (None before any event)."""
         active = [p.event_ms for p in self._partitions.values() if wall_ms - p.wall_ms < self.idle_after_ms]
-        if active:
-            candidate = min(active)
+        if active and None not in active:
+            candidate = min(e for e in active if e is not None)
             if self._watermark is None or candidate > self._watermark:
                 self._watermark = candidate
         return self._watermark

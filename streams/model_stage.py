@@ -33,6 +33,7 @@ index is rebuilt from the states the shell hands in (`track`).
 from __future__ import annotations
 
 import heapq
+import zlib
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -76,17 +77,29 @@ class ModelStage:
     clock: EventClock = field(default_factory=EventClock)
     # The propensity an exposure is logged with when the sender did not say (a uniform sender).
     default_propensity: float | None = None
+    # How long after a user's latest event it is still observed (a long-gone user adds only easy examples).
+    observe_for_ms: int = 14 * 86_400_000
     _due: list[tuple[int, str]] = field(default_factory=list)  # (event time, user) heap; stale entries skipped
     _next_due: dict[str, int] = field(default_factory=dict)
 
     # --- per event ----------------------------------------------------------------------------
+
+    def before_event(self, state: UserState, event: Event) -> None:
+        """Before `event` is folded: observe the user at every boundary the event passes.
+
+        The state holds only events up to those boundaries then, so the inputs are
+        exactly "as of" the boundary, never a peek at the event to be labelled.
+        """
+        if state.last_event_ts is not None:
+            self._observe_until(state, event.ts_ms - 1)
 
     def on_event(self, state: UserState, event: Event, source: Hashable, now_ms: int, out: ModelOutput) -> None:
         """A newly folded (not duplicate) event of `state`'s user, from partition `source`."""
         at = event.ts_ms
         self.clock.observe(source, event_ms=at, wall_ms=now_ms)
         uid = state.user_id
-        if isinstance(event, AppEvent) and event.type == "push_received":
+        if _is_receipt(event):
+            assert isinstance(event, AppEvent)
             offer_id = event.campaign_id
             if offer_id and offer_id in self.catalog:
                 exposures = self._exposures(state)
@@ -101,18 +114,14 @@ class ModelStage:
                     catalog=self.catalog,
                     config=self.bandit_config,
                 )
-                state.models[_EXPOSURES] = exposures.to_dict()
+                state.models[_EXPOSURES] = exposures
             return
         spend = event.total if isinstance(event, PurchaseEvent) else 0.0
         pending = self._labels(state)
         if pending.observations:
             pending, examples = labels.on_event(pending, at_ms=at, spend=spend, config=self.label_config)
-            state.models[_LABELS] = pending.to_dict()
+            state.models[_LABELS] = pending
             out.examples.extend(examples)
-        # Sampled per event, as of the user's latest event: which observations exist then
-        # depends on the user's own events only, never on how they were cut into batches.
-        if state.as_of is not None:
-            self._observe(state, state.as_of)
         if isinstance(event, PurchaseEvent) and _EXPOSURES in state.models:
             exposures, rewards = bandit.on_purchase(
                 self._exposures(state),
@@ -121,7 +130,7 @@ class ModelStage:
                 categories=[i.category for i in event.items if i.category],
                 config=self.bandit_config,
             )
-            state.models[_EXPOSURES] = exposures.to_dict()
+            state.models[_EXPOSURES] = exposures
             out.rewards.extend(rewards)
 
     # --- per batch ----------------------------------------------------------------------------
@@ -154,36 +163,65 @@ class ModelStage:
 
     # --- internals ----------------------------------------------------------------------------
 
+    # The memory is kept as objects between batches and turned into JSON only when the
+    # state is written to the changelog (UserState.to_dict calls their to_dict): parsing
+    # it on every event cost more than the rest of the stage.
+
     def _labels(self, state: UserState) -> labels.PendingLabels:
         raw = state.models.get(_LABELS)
+        if isinstance(raw, labels.PendingLabels):
+            return raw
         return labels.PendingLabels.from_dict(raw) if raw else labels.PendingLabels(user_id=state.user_id)
 
     def _exposures(self, state: UserState) -> bandit.Attribution:
         raw = state.models.get(_EXPOSURES)
+        if isinstance(raw, bandit.Attribution):
+            return raw
         return bandit.Attribution.from_dict(raw) if raw else bandit.Attribution(user_id=state.user_id)
 
-    def _observe(self, state: UserState, at_ms: int) -> None:
+    def _observe_until(self, state: UserState, until_ms: int) -> None:
+        """Observe the user at each of its boundaries up to `until_ms` not observed yet.
+
+        A user is observed once per `sample_every_ms` of event time, at boundaries
+        offset per user (the sweep's load spreads over the day), from its first
+        event until `observe_for_ms` after its latest: a silent user keeps being
+        observed, which is how "no event for 14 days" becomes a label at all.
+        """
+        last_event = state.last_event_ts
+        if last_event is None or state.first_seen is None:
+            return
+        every = self.label_config.sample_every_ms
+        offset = _offset(state.user_id, every)
         pending = self._labels(state)
-        last = pending.last_observed_at
-        if last is not None and at_ms < last + self.label_config.sample_every_ms:
-            return  # sampled out: skip computing the inputs
-        inputs, _repairs = sanitise(model_inputs(state, at_ms))
-        pending, kept = labels.observe(
-            pending, user_id=state.user_id, at_ms=at_ms, inputs=inputs, scores={}, config=self.label_config
-        )
-        if kept:
-            state.models[_LABELS] = pending.to_dict()
+        start = pending.last_observed_at if pending.last_observed_at is not None else state.first_seen
+        # Never before the latest event folded: its inputs could not be "as of" then any more,
+        # and that event would not count as a return after it (a user back from beyond
+        # `observe_for_ms` leaves the boundaries of its absence unobserved, everywhere alike).
+        start = max(start, last_event)
+        boundary = _next_boundary(start, every, offset)
+        end = min(until_ms, last_event + self.observe_for_ms)
+        changed = False
+        while boundary <= end:
+            inputs, _repairs = sanitise(model_inputs(state, boundary))
+            pending, kept = labels.observe(
+                pending, user_id=state.user_id, at_ms=boundary, inputs=inputs, scores={}, config=self.label_config
+            )
+            changed = changed or kept
+            boundary += every
+        if changed:
+            state.models[_LABELS] = pending
 
     def _advance(self, state: UserState, watermark: int, out: ModelOutput) -> None:
+        self._observe_until(state, watermark)
         if _LABELS in state.models:
             pending, examples = labels.advance(self._labels(state), watermark_ms=watermark, config=self.label_config)
-            state.models[_LABELS] = pending.to_dict()
+            state.models[_LABELS] = pending
             out.examples.extend(examples)
         if _EXPOSURES in state.models:
             exposures, rewards = bandit.advance(
                 self._exposures(state), watermark_ms=watermark, config=self.bandit_config
             )
-            state.models[_EXPOSURES] = exposures.to_dict()
+            state.models[_EXPOSURES] = exposures
             out.rewards.extend(rewards)
         self._track(state)
 
@@ -200,6 +238,13 @@ class ModelStage:
 
 def _next_deadline(state: UserState, stage: ModelStage, config: labels.LabelConfig) -> int | None:
     deadlines: list[int] = []
+    if state.last_event_ts is not None and state.first_seen is not None:
+        last = stage._labels(state).last_observed_at
+        every = config.sample_every_ms
+        start = max(last if last is not None else state.first_seen, state.last_event_ts)
+        boundary = _next_boundary(start, every, _offset(state.user_id, every))
+        if boundary <= state.last_event_ts + stage.observe_for_ms:
+            deadlines.append(boundary)
     if _LABELS in state.models:
         label_due = labels.next_deadline(stage._labels(state), config)
         if label_due is not None:
@@ -210,10 +255,25 @@ def _next_deadline(state: UserState, stage: ModelStage, config: labels.LabelConf
     return min(deadlines) if deadlines else None
 
 
+def _is_receipt(event: Event) -> bool:
+    """A push delivery receipt: it opens an offer's exposure but is not the user's doing."""
+    return isinstance(event, AppEvent) and event.type == "push_received"
+
+
+def _offset(user_id: str, every_ms: int) -> int:
+    return zlib.crc32(user_id.encode()) % every_ms
+
+
+def _next_boundary(after_ms: int, every_ms: int, offset: int) -> int:
+    """The first boundary (offset + k * every) strictly after `after_ms`."""
+    return ((after_ms - offset) // every_ms + 1) * every_ms + offset
+
+
 def model_stage_for(settings: Any) -> ModelStage:
     """The stage the settings describe: the offer catalog file, the churn horizon, the attribution window."""
     return ModelStage(
         catalog=by_id(load_offers(settings.offers_path)),
         label_config=labels.LabelConfig(churn_horizon_ms=settings.churn_horizon_ms),
+        observe_for_ms=settings.churn_horizon_ms,
         bandit_config=bandit.BanditConfig(attribution_window_ms=settings.attribution_window_ms),
     )

@@ -213,6 +213,8 @@ def step(
             state = touched.get(uid)
             if state is None:
                 state = states.get(uid) or UserState(uid)
+            if models is not None:
+                models.before_event(state, parsed)
             outcome = fold(state, parsed, fold_config)
             if outcome is Outcome.EXPIRED:
                 _dead_letter(

@@ -63,3 +63,16 @@ def test_the_watermark_is_monotone_and_never_ahead_of_every_partition(events: li
         # it never passes what the partition that just delivered has seen, unless it was there already
         assert mark <= max(latest.values())
         last = mark
+
+
+def test_an_assigned_partition_holds_the_clock_until_it_delivers_or_idles() -> None:
+    clock = EventClock(idle_after_ms=100)
+    clock.assign("p0", wall_ms=0)
+    clock.observe("p1", event_ms=900, wall_ms=10)
+    assert clock.watermark(wall_ms=20) is None  # p0 has not delivered: nobody can be declared silent
+    clock.observe("p0", event_ms=300, wall_ms=30)
+    assert clock.watermark(wall_ms=40) == 300
+    late = EventClock(idle_after_ms=100)
+    late.assign("p0", wall_ms=0)
+    late.observe("p1", event_ms=900, wall_ms=150)
+    assert late.watermark(wall_ms=150) == 900  # p0 assigned but silent for longer than the idle time

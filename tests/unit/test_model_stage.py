@@ -40,46 +40,55 @@ def tick(name: str, at_ms: int) -> tuple[Any, ...]:
     )
 
 
-def churn(result: StepResult) -> dict[str, float]:
-    return {e.user_id: e.label for e in result.examples if e.target == "churn" and e.user_id != CLOCK}
+def churn(result: StepResult) -> dict[str, set[float]]:
+    out: dict[str, set[float]] = {}
+    for e in result.examples:
+        if e.target == "churn" and e.user_id != CLOCK:
+            out.setdefault(e.user_id, set()).add(e.label)
+    return out
 
 
 def test_a_user_silent_past_the_horizon_is_labelled_churned_without_an_event_of_their_own() -> None:
+    """Observed at its daily boundaries while silent; the first one's horizon passes with no event."""
     stage, states = ModelStage(CATALOG), {}
     batch(stage, states, make("a1", "page_view", T0, user=A))
     # other users' events move event time on; A is not in these batches
-    assert churn(batch(stage, states, *tick("c1", T0 + 14 * DAY_MS - 1))) == {}
-    result = batch(stage, states, *tick("c2", T0 + 14 * DAY_MS))
-    assert churn(result) == {A: 1.0}
+    assert churn(batch(stage, states, *tick("c1", T0 + 14 * DAY_MS))) == {}  # its first boundary is after T0
+    result = batch(stage, states, *tick("c2", T0 + 15 * DAY_MS))
+    assert churn(result) == {A: {1.0}}
     assert A in result.states  # swept in: its changelog entry carries the resolved labels
     assert [c for c, _ in result.changelog].count(A.encode()) == 1
+    first = min(e.observed_at for e in result.examples if e.user_id == A)
+    assert T0 < first <= T0 + DAY_MS and first - T0 == (first - T0) % DAY_MS
 
 
 def test_a_return_within_the_horizon_is_labelled_zero_at_the_event() -> None:
     stage, states = ModelStage(CATALOG), {}
     batch(stage, states, make("b1", "page_view", T0, user=B))
-    result = batch(stage, states, make("b2", "app_open", T0 + 14 * DAY_MS - 1, user=B))
-    assert churn(result) == {B: 0.0}
+    batch(stage, states, *tick("c1", T0 + 3 * DAY_MS))  # B observed while silent
+    result = batch(stage, states, make("b2", "app_open", T0 + 3 * DAY_MS + 1, user=B))
+    assert churn(result) == {B: {0.0}}
+    assert len([e for e in result.examples if e.target == "churn"]) >= 3  # one per day of silence
 
 
 def test_a_push_received_is_not_a_return() -> None:
     stage, states = ModelStage(CATALOG), {}
     batch(stage, states, make("b1", "page_view", T0, user=B))
-    received = make("p1", "push_received", T0 + DAY_MS, user=B, campaign_id="newsletter")
+    received = make("p1", "push_received", T0 + 2 * DAY_MS, user=B, campaign_id="newsletter")
     assert churn(batch(stage, states, received)) == {}
-    assert churn(batch(stage, states, *tick("c1", T0 + 14 * DAY_MS))) == {B: 1.0}
+    assert 1.0 in churn(batch(stage, states, *tick("c1", T0 + 15 * DAY_MS)))[B]
 
 
-def test_value_labels_sum_the_spend_of_30_days_and_a_duplicate_counts_once() -> None:
+def test_value_labels_sum_the_spend_of_30_days_after_the_observation_and_a_duplicate_counts_once() -> None:
     stage, states = ModelStage(CATALOG), {}
     batch(stage, states, make("a1", "page_view", T0, user=A))
-    buy = make("o1", "purchase", T0 + DAY_MS, user=A, total=25.0)
+    buy = make("o1", "purchase", T0 + DAY_MS + 1, user=A, total=25.0)
     batch(stage, states, buy)
     batch(stage, states, buy)  # redelivered
-    batch(stage, states, make("o2", "purchase", T0 + 30 * DAY_MS + 1, user=A, total=99.0))  # after the window
-    result = batch(stage, states, *tick("c1", T0 + 31 * DAY_MS))
-    clv = [e for e in result.examples if e.target == "clv_30d" and e.user_id == A and e.observed_at == T0]
-    assert [e.label for e in clv] == [25.0]
+    batch(stage, states, make("o2", "purchase", T0 + 32 * DAY_MS, user=A, total=99.0))  # after the first window
+    result = batch(stage, states, *tick("c1", T0 + 33 * DAY_MS))
+    clv = sorted((e.observed_at, e.label) for e in result.examples if e.target == "clv_30d" and e.user_id == A)
+    assert clv[0][1] == 25.0 and T0 < clv[0][0] <= T0 + DAY_MS
 
 
 def test_an_offer_purchased_within_the_window_is_rewarded_once_and_an_ignored_one_gets_zero() -> None:
@@ -97,9 +106,25 @@ def test_an_offer_purchased_within_the_window_is_rewarded_once_and_an_ignored_on
 def test_pending_labels_survive_the_changelog_and_a_new_stage_finds_them_again() -> None:
     stage, states = ModelStage(CATALOG), {}
     batch(stage, states, make("a1", "page_view", T0, user=A))
+    batch(stage, states, *tick("c0", T0 + 2 * DAY_MS))
     # a restart: states come back from the changelog, the stage is new
     recovered = {uid: UserState.from_json(s.to_json()) for uid, s in states.items()}
     fresh = ModelStage(CATALOG)
     fresh.track(recovered.values())
-    result = batch(fresh, recovered, *tick("c1", T0 + 14 * DAY_MS))
-    assert churn(result) == {A: 1.0}
+    result = batch(fresh, recovered, *tick("c1", T0 + 15 * DAY_MS))
+    assert churn(result) == {A: {1.0}}
+
+
+def test_the_examples_do_not_depend_on_how_the_log_is_cut_into_batches() -> None:
+    events = [make(f"e{i}", "page_view", T0 + i * 7 * HOUR_MS, user=USERS[i % 3]) for i in range(120)]
+    events += list(tick("end", T0 + 60 * DAY_MS))
+
+    def examples(size: int) -> set[tuple[str, float]]:
+        stage, states, out = ModelStage(CATALOG), {}, set()
+        for i in range(0, len(events), size):
+            result = batch(stage, states, *events[i : i + size])
+            out |= {(e.example_id, e.label) for e in result.examples}
+        return out
+
+    whole = examples(len(events))
+    assert whole and examples(1) == whole and examples(7) == whole
