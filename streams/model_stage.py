@@ -40,9 +40,11 @@ from typing import Any, Protocol
 
 from features.state import UserState
 from models import bandit, labels
+from models.bundle import ModelBundle, score
 from models.inputs import model_inputs, sanitise
 from models.labels import Example
 from models.offers import Offer, by_id, load_offers
+from models.segments import Tiers, load_tiers
 from nudge.events import AppEvent, Event, PurchaseEvent
 from streams.clock import EventClock
 
@@ -79,6 +81,9 @@ class ModelStage:
     default_propensity: float | None = None
     # How long after a user's latest event it is still observed (a long-gone user adds only easy examples).
     observe_for_ms: int = 14 * 86_400_000
+    # The newest verified snapshot's models (the shell swaps it) and the member tiers: scores need both.
+    bundle: ModelBundle | None = None
+    tiers: Tiers | None = None
     _due: list[tuple[int, str]] = field(default_factory=list)  # (event time, user) heap; stale entries skipped
     _next_due: dict[str, int] = field(default_factory=dict)
 
@@ -155,6 +160,13 @@ class ModelStage:
                 continue  # no longer ours (revoked) or gone
             self._advance(silent, watermark, out)
             out.swept[uid] = silent
+
+    def fields(self, state: UserState, watermark: int | None) -> dict[str, str]:
+        """The user's score fields "as of now": the watermark, never before the user's own latest event."""
+        if self.bundle is None or self.tiers is None:
+            return {}
+        now = max(watermark or 0, state.as_of or 0)
+        return score(self.bundle, state, now, self.tiers, with_offer=False)
 
     def track(self, states: Iterable[UserState]) -> None:
         """Put users' coming deadlines in the due index (after recovery or an assignment)."""
@@ -275,5 +287,6 @@ def model_stage_for(settings: Any) -> ModelStage:
         catalog=by_id(load_offers(settings.offers_path)),
         label_config=labels.LabelConfig(churn_horizon_ms=settings.churn_horizon_ms),
         observe_for_ms=settings.churn_horizon_ms,
+        tiers=load_tiers(settings.tiers_path),
         bandit_config=bandit.BanditConfig(attribution_window_ms=settings.attribution_window_ms),
     )

@@ -241,7 +241,7 @@ def step(
         result.examples, result.rewards = model_out.examples, model_out.rewards
         for uid, state in model_out.swept.items():
             touched.setdefault(uid, state)  # its labels moved: a changelog entry and a write
-    _emit(result, config, now_ms)
+    _emit(result, config, now_ms, models, model_out.watermark if model_out is not None else None)
     result.first_seen_at = [ts for ts in first_seen_at.values() if ts]
     return result
 
@@ -259,13 +259,18 @@ def changelog_value(state: UserState) -> bytes:
     return state.to_json()
 
 
-def _emit(result: StepResult, config: StepConfig, now_ms: int) -> None:
+def _emit(
+    result: StepResult, config: StepConfig, now_ms: int, models: ModelStage | None, event_now: int | None
+) -> None:
     """Stages 4 and 5: score each touched user, then its changelog entry and store write."""
     watermark = None
     for uid, state in result.states.items():
         key = uid.encode()
         result.changelog.append((key, expected_partition(key, config.partitions)))
-        result.writes.append(user_write(state, config, now_ms))
+        write = user_write(state, config, now_ms)
+        if models is not None:
+            write.fields.update(models.fields(state, event_now))
+        result.writes.append(write)
         if state.as_of is not None and (watermark is None or state.as_of > watermark):
             watermark = state.as_of
     result.watermark = watermark

@@ -128,3 +128,18 @@ def test_the_examples_do_not_depend_on_how_the_log_is_cut_into_batches() -> None
 
     whole = examples(len(events))
     assert whole and examples(1) == whole and examples(7) == whole
+
+
+def test_with_a_bundle_every_write_carries_the_scores_as_of_the_watermark() -> None:
+    from models.bundle import SCORE_FIELDS, new_bundle
+    from models.segments import load_tiers
+
+    stage, states = ModelStage(CATALOG), {}
+    assert all(not set(SCORE_FIELDS) & set(w.fields) for w in batch(stage, states, *tick("x", T0)).writes)
+    stage.bundle, stage.tiers = new_bundle(list(CATALOG)), load_tiers("deploy/config/tiers.yaml")
+    batch(stage, states, make("a1", "page_view", T0 + HOUR_MS, user=A))
+    result = batch(stage, states, *tick("y", T0 + 20 * DAY_MS))  # A is swept in: its score is redone
+    write = next(w for w in result.writes if w.user_id == A)
+    assert {"churn_score", "clv_30d", "member_tier", "models_version"} <= set(write.fields)
+    assert 0.0 <= float(write.fields["churn_score"]) <= 1.0
+    assert write.fields["models_version"] == "0"
