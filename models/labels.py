@@ -76,7 +76,7 @@ __all__ = [
 DAY_MS = 86_400_000
 Target = Literal["churn", "clv_30d"]
 TARGETS: tuple[Target, ...] = ("churn", "clv_30d")
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2: input names once, values per observation
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,23 +130,33 @@ class PendingLabels:
     observations: tuple[Observation, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON for the user's state (versioned, so the shape can evolve)."""
+        """Plain JSON for the user's state (versioned, so the shape can evolve).
+
+        It rides in the user's changelog entry, written on every flush that
+        touches the user, so it is compact: the input names once, then each
+        observation's values in that order (None where it had no such input),
+        and empty score/version maps left out.
+        """
+        names = sorted({k for o in self.observations for k in o.inputs})
+        observations = []
+        for o in self.observations:
+            row: dict[str, Any] = {
+                "at": o.at_ms,
+                "x": [o.inputs.get(n) for n in names],
+                "open": [int(o.churn_open), int(o.clv_open)],
+                "clv_cents": o.clv_cents,
+            }
+            if o.scores:
+                row["scores"] = o.scores
+            if o.versions:
+                row["versions"] = o.versions
+            observations.append(row)
         return {
             "v": _STATE_VERSION,
             "user_id": self.user_id,
             "last_observed_at": self.last_observed_at,
-            "observations": [
-                {
-                    "at": o.at_ms,
-                    "inputs": o.inputs,
-                    "scores": o.scores,
-                    "versions": o.versions,
-                    "churn_open": o.churn_open,
-                    "clv_open": o.clv_open,
-                    "clv_cents": o.clv_cents,
-                }
-                for o in self.observations
-            ],
+            "names": names,
+            "observations": observations,
         }
 
     @classmethod
@@ -155,21 +165,27 @@ class PendingLabels:
         try:
             if d["v"] != _STATE_VERSION:
                 raise ValueError(f"unknown version {d['v']!r}")
-            obs = tuple(
-                Observation(
-                    at_ms=int(o["at"]),
-                    inputs={str(k): float(v) for k, v in o["inputs"].items()},
-                    scores={str(k): float(v) for k, v in o["scores"].items()},
-                    versions={str(k): str(v) for k, v in o["versions"].items()},
-                    churn_open=bool(o["churn_open"]),
-                    clv_open=bool(o["clv_open"]),
-                    clv_cents=int(o["clv_cents"]),
+            names = [str(n) for n in d["names"]]
+            obs = []
+            for o in d["observations"]:
+                values = o["x"]
+                if len(values) != len(names):
+                    raise ValueError(f"{len(values)} values for {len(names)} input names")
+                churn_open, clv_open = o["open"]
+                obs.append(
+                    Observation(
+                        at_ms=int(o["at"]),
+                        inputs={n: float(v) for n, v in zip(names, values, strict=True) if v is not None},
+                        scores={str(k): float(v) for k, v in o.get("scores", {}).items()},
+                        versions={str(k): str(v) for k, v in o.get("versions", {}).items()},
+                        churn_open=bool(churn_open),
+                        clv_open=bool(clv_open),
+                        clv_cents=int(o["clv_cents"]),
+                    )
                 )
-                for o in d["observations"]
-            )
             last = d["last_observed_at"]
             user = d["user_id"]
-            return cls(None if user is None else str(user), None if last is None else int(last), obs)
+            return cls(None if user is None else str(user), None if last is None else int(last), tuple(obs))
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise ValueError(f"PendingLabels.from_dict: malformed state ({exc.__class__.__name__}: {exc})") from None
 

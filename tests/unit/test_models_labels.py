@@ -302,3 +302,16 @@ def test_any_watermark_cadence_gives_the_reference_examples(items: list[Ev | Obs
     assert run(items, cfg, {}, set()) == expected
     assert run(items, cfg, watermarks, roundtrips) == expected
     assert len({e.example_id for e in expected}) == len(expected)
+
+
+def test_pending_state_names_each_input_once_and_stays_small() -> None:
+    """It rides in every changelog write of the user: 14 pending days of 30 inputs stay under 5 kB."""
+    pending = PendingLabels()
+    inputs = {f"input_{i:02d}": i * 1.5 for i in range(30)}
+    for day in range(14):
+        pending, kept = observe(pending, user_id="u1", at_ms=T0 + day * DAY_MS, inputs=inputs, scores={}, config=CFG)
+        assert kept
+    raw = orjson.dumps(pending.to_dict())
+    assert raw.count(b"input_00") == 1
+    assert len(raw) < 5_000, len(raw)
+    assert PendingLabels.from_dict(orjson.loads(raw)) == pending
