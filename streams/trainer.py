@@ -62,6 +62,7 @@ __all__ = [
     "newest_valid",
     "offset_key",
     "run",
+    "snapshot_records_newest_first",
     "train",
 ]
 
@@ -203,7 +204,7 @@ def _consumer(settings: Settings, client_id: str) -> KafkaConsumer:
     )
 
 
-def _snapshot_records_newest_first(consumer: KafkaConsumer, topic: str) -> Iterator[tuple[int, bytes | None]]:
+def snapshot_records_newest_first(consumer: KafkaConsumer, topic: str) -> Iterator[tuple[int, bytes | None]]:
     """The snapshot topic's records from the newest back, fetched a few at a time."""
     tp = TopicPartition(topic, 0)
     consumer.assign([tp])
@@ -254,7 +255,7 @@ class _Trainer:
 
     def resume(self, consumer: KafkaConsumer) -> None:
         topic = self.settings.topic_model_snapshots
-        snapshot, bundle, refusals = newest_valid(_snapshot_records_newest_first(consumer, topic), self.key)
+        snapshot, bundle, refusals = newest_valid(snapshot_records_newest_first(consumer, topic), self.key)
         for r in refusals:
             self.metrics.refused.labels(r.reason).inc()
             log.warning(

@@ -161,6 +161,8 @@ CASES = [
          {"NUDGE_REDIS_URL": "redis://:hunter2@127.0.0.1:1/0"}),
     case(["state", "u1"], 1, "NUDGE_USER_KEY_PREFIX='a b' is not allowed", {"NUDGE_USER_KEY_PREFIX": "a b"}),
     # --- bench -------------------------------------------------------------------------------------
+    case(["models"], 1, "NUDGE_MODEL_KEY is not set"),
+    case(["models", "--jsn"], 2, "unrecognized arguments: --jsn"),
     case(["bench"], 2, "the following arguments are required: NAME"),
     case(["bench", "nope"], 2, "invalid choice: 'nope'"),
     case(["bench", "produce", "--out-dir", "/proc/version"], 2, "--out-dir: cannot write into /proc/version: "
