@@ -16,6 +16,10 @@ MODULES = [
     "features.lifecycle",
     "features.batch",
     "features.definitions",
+    "models.evaluation",
+    "models.inputs",
+    "models.segments",
+    "models.snapshot",
     "streams.clock",
     "streams.trainer",
 ]
