@@ -5,7 +5,6 @@ processed exactly as the batch reference says."""
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from nudge.settings import Settings
 from producers.kafka import EventProducer
 from streams.dlq import parse_dlq_headers
 from streams.process import WorkerProcess
-from tests.integration.test_worker import mismatches
+from tests.integration.test_worker import free_port, mismatches
 
 NOW = int(time.time() * 1000)
 
@@ -89,12 +88,6 @@ CORPUS: list[tuple[bytes | None, str]] = [
 
 def good(i: int, ts: int) -> dict[str, Any]:
     return {"event_id": f"good-{i}", "type": "app_open", "user_id": f"g{i % 7}", "ts": ts, "schema_version": 1}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def read_all(settings: Settings, topic: str, expected: int, timeout: float = 60) -> list[Any]:

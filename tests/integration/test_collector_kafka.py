@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from nudge.settings import Settings
 from nudge.topics import topic_for_event_type
 from producers.collector import KafkaAckingProducer, create_app
+from tests.integration.test_worker import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -112,12 +112,6 @@ async def test_posted_batch_is_acknowledged_then_found_in_kafka_keyed_by_user_id
     assert [r.get("reason") for r in body["results"][-2:]] == ["missing_field", "duplicate_in_batch"]
     accepted = [r["event_id"] for r in body["results"] if r["status"] == "accepted"]
     await asyncio.to_thread(assert_in_kafka, settings, events, accepted)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http(method: str, url: str, body: bytes | None = None, timeout: float = 30.0) -> tuple[int, bytes]:

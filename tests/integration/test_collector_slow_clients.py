@@ -20,7 +20,8 @@ import orjson
 import pytest
 
 from nudge.settings import Settings
-from tests.integration.test_collector_kafka import ROOT, free_port, http
+from tests.integration.test_collector_kafka import ROOT, http
+from tests.integration.test_worker import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,25 +11,12 @@ from hypothesis import strategies as st
 from features.definitions import DAY_MS, HOUR_MS, WINDOWED
 from features.state import FoldConfig, UserState, fold
 from models.inputs import INPUTS, MODEL_KEYS, model_inputs, sanitise, window_total
-from nudge.events import Event, parse_event_obj
+from nudge.events import Event
+from tests.unit.test_features import make
 
 BASE = 1_700_000_000_000 // DAY_MS * DAY_MS  # a day boundary, so bucket edges are easy to reason about
 CONFIG = FoldConfig()
 NAMES = [i.name for i in INPUTS]
-
-
-def make(i: int, kind: str, ts: int, **extra: Any) -> Event:
-    body: dict[str, Any] = {"event_id": str(i), "type": kind, "user_id": "u1", "ts": ts, "schema_version": 1, **extra}
-    if kind == "purchase":
-        body.setdefault("order_id", f"o{i}")
-        body.setdefault("items", [{"item_id": "x", "category": "books", "price": 10.0}])
-        body.setdefault("total", 10.0)
-        body.setdefault("currency", "EUR")
-    if kind in ("opt_in", "opt_out"):
-        body.setdefault("channel", "push")
-    ev = parse_event_obj(body, now_ms=ts)
-    assert not hasattr(ev, "reason"), ev
-    return ev  # type: ignore[return-value]
 
 
 def state_of(events: list[Event]) -> UserState:
