@@ -45,7 +45,7 @@ from streams.health import DependencyHealth, QuietClientLogs
 from streams.metrics import StreamMetrics
 from streams.model_stage import ModelStage, model_stage_for
 from streams.pauses import GcPolicy
-from streams.snapshot_follower import SnapshotMetrics, follow_snapshots
+from streams.snapshot_follower import follow_snapshots
 from streams.step import StepConfig, StepResult, changelog_value, expected_partition, step, user_write
 from streams.store import FeatureStore, open_store
 
@@ -494,12 +494,11 @@ def create_app(settings: Settings, *, web_port: int | None = None, store: Featur
         health.recover_if_quiet("kafka", quiet_s=3 * _HEALTH_CHECK_S)
 
     if updater.models is not None:
-        snapshot_metrics = SnapshotMetrics(metrics.registry)
         stage = updater.models
 
         @app.task  # type: ignore[untyped-decorator]
         async def follow_model_snapshots() -> None:
-            await follow_snapshots(settings, stage, snapshot_metrics)
+            await follow_snapshots(settings, stage, metrics)
 
     @app.task  # type: ignore[untyped-decorator]
     async def log_ready() -> None:

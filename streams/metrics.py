@@ -73,6 +73,15 @@ class StreamMetrics:
         self.watermark = Gauge(
             "nudge_stream_event_time_watermark_seconds", "Latest event time folded by this worker", registry=r
         )
+        self.model_version = Gauge(
+            "nudge_worker_model_version", "Version of the model snapshot this worker scores with", registry=r
+        )
+        self.snapshots_refused = Counter(
+            "nudge_worker_snapshots_refused_total",
+            "Model snapshots refused (never unpickled), by reason",
+            ["reason"],
+            registry=r,
+        )
         self.gc_pause_seconds = Histogram(
             "nudge_worker_gc_pause_seconds",
             "Garbage-collection pauses by generation (streams/pauses.py)",

@@ -193,13 +193,19 @@ class ModelStage:
         raw = state.models.get(_LABELS)
         if isinstance(raw, labels.PendingLabels):
             return raw
-        return labels.PendingLabels.from_dict(raw) if raw else labels.PendingLabels(user_id=state.user_id)
+        if not raw:
+            return labels.PendingLabels(user_id=state.user_id)
+        parsed = state.models[_LABELS] = labels.PendingLabels.from_dict(raw)  # once per recovered state
+        return parsed
 
     def _exposures(self, state: UserState) -> bandit.Attribution:
         raw = state.models.get(_EXPOSURES)
         if isinstance(raw, bandit.Attribution):
             return raw
-        return bandit.Attribution.from_dict(raw) if raw else bandit.Attribution(user_id=state.user_id)
+        if not raw:
+            return bandit.Attribution(user_id=state.user_id)
+        parsed = state.models[_EXPOSURES] = bandit.Attribution.from_dict(raw)  # once per recovered state
+        return parsed
 
     def _observe_until(self, state: UserState, until_ms: int) -> None:
         """Observe the user at each of its boundaries up to `until_ms` not observed yet.

@@ -15,50 +15,37 @@ import asyncio
 import logging
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from models.bundle import bundle_from_snapshot
 from models.snapshot import SnapshotRefused, open_snapshot
 from nudge.settings import Settings
+from streams.metrics import StreamMetrics
 from streams.model_stage import ModelStage
 
-__all__ = ["SnapshotMetrics", "follow_snapshots", "take_snapshot"]
+__all__ = ["follow_snapshots", "take_snapshot"]
 
 log = logging.getLogger(__name__)
 
 
-class SnapshotMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.version = Gauge(
-            "nudge_worker_model_version", "Version of the model snapshot this worker scores with", registry=registry
-        )
-        self.refused = Counter(
-            "nudge_worker_snapshots_refused_total",
-            "Model snapshots refused (never unpickled), by reason",
-            ["reason"],
-            registry=registry,
-        )
-
-
-def take_snapshot(stage: ModelStage, value: bytes | None, key: bytes, metrics: SnapshotMetrics) -> bool:
+def take_snapshot(stage: ModelStage, value: bytes | None, key: bytes, metrics: StreamMetrics) -> bool:
     """Verify one snapshot record and, if it is newer, make it the stage's models. True when taken."""
     if value is None:
         return False  # a tombstone
     try:
         bundle = bundle_from_snapshot(open_snapshot(value, key=key))
     except SnapshotRefused as refusal:
-        metrics.refused.labels(refusal.reason).inc()
+        metrics.snapshots_refused.labels(refusal.reason).inc()
         log.warning("model snapshot refused (%s); still scoring with version %s", refusal.reason, _version(stage))
         return False
     if stage.bundle is not None and bundle.version <= stage.bundle.version:
         return False
     stage.bundle = bundle
-    metrics.version.set(bundle.version)
+    metrics.model_version.set(bundle.version)
     log.info("scoring with model snapshot version %d", bundle.version)
     return True
 
 
-async def follow_snapshots(settings: Settings, stage: ModelStage, metrics: SnapshotMetrics) -> None:
+async def follow_snapshots(settings: Settings, stage: ModelStage, metrics: StreamMetrics) -> None:
     """Run until cancelled: every snapshot record, from the topic's start, through `take_snapshot`."""
     key = settings.model_key.encode()
     consumer = AIOKafkaConsumer(

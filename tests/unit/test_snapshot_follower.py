@@ -7,8 +7,9 @@ from prometheus_client import CollectorRegistry
 from models.bundle import new_bundle
 from models.offers import by_id, load_offers
 from models.snapshot import seal
+from streams.metrics import StreamMetrics
 from streams.model_stage import ModelStage
-from streams.snapshot_follower import SnapshotMetrics, take_snapshot
+from streams.snapshot_follower import take_snapshot
 
 KEY = b"k" * 40
 OFFERS = list(by_id(load_offers()))
@@ -23,7 +24,7 @@ def blob(version: int, key: bytes = KEY) -> bytes:
 def test_valid_newer_snapshots_are_taken_and_refused_ones_counted_without_losing_the_models() -> None:
     stage = ModelStage(by_id(load_offers()))
     registry = CollectorRegistry()
-    metrics = SnapshotMetrics(registry)
+    metrics = StreamMetrics(registry)
     assert take_snapshot(stage, blob(1), KEY, metrics)
     assert stage.bundle is not None and stage.bundle.version == 1
 
