@@ -63,6 +63,11 @@ def _order_total_cents(event: Event) -> int:
     return cents(event.total)
 
 
+def _with_offer(event: Event) -> int:
+    assert isinstance(event, PurchaseEvent)
+    return 1 if event.offer_id else 0
+
+
 @dataclass(frozen=True, slots=True)
 class Windowed:
     """A sum over an event-time window ending at `as_of`.
@@ -113,7 +118,23 @@ WINDOWED: tuple[Windowed, ...] = (
     Windowed(
         "app_opens_7d", frozenset({"app_open"}), 7 * DAY_MS, HOUR_MS, doc="app_open events, last 168 one-hour buckets"
     ),
+    Windowed("clicks_30d", _CLICKS, 30 * DAY_MS, DAY_MS, doc="events on the clicks topic, last 30 one-day buckets"),
+    Windowed(
+        "add_to_cart_30d",
+        frozenset({"add_to_cart"}),
+        30 * DAY_MS,
+        DAY_MS,
+        doc="add_to_cart events, last 30 one-day buckets",
+    ),
     Windowed("purchases_7d", _PURCHASE, 7 * DAY_MS, HOUR_MS, doc="purchase events, last 168 one-hour buckets"),
+    Windowed(
+        "offer_purchases_30d",
+        _PURCHASE,
+        30 * DAY_MS,
+        DAY_MS,
+        value=_with_offer,
+        doc="purchases carrying an offer_id (a coupon redeemed), last 30 one-day buckets",
+    ),
     Windowed("purchases_30d", _PURCHASE, 30 * DAY_MS, HOUR_MS, doc="purchase events, last 720 one-hour buckets"),
     Windowed(
         "spend_30d",

@@ -28,12 +28,37 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from river import metrics, utils
 
-__all__ = ["BaselineAUC", "RollingAUC", "rolling_log_loss", "rolling_mae"]
+__all__ = ["BaselineAUC", "RollingAUC", "auc", "rolling_log_loss", "rolling_mae"]
+
+
+def auc(scores: Sequence[float] | np.ndarray, labels: Sequence[bool | int] | np.ndarray) -> float | None:
+    """Exact ROC AUC of a whole sample, ties counting 1/2 (None without both classes).
+
+    >>> auc([0.9, 0.1, 0.6, 0.6], [1, 0, 1, 0])
+    0.875
+    """
+    s = np.asarray(scores, dtype=float)
+    y = np.asarray(labels, dtype=bool)
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s))
+    sorted_s = s[order]
+    # Average ranks over ties: each run of equal scores shares the mean of its positions.
+    starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
+    ends = np.r_[starts[1:], len(s)]
+    mean_rank = (starts + ends + 1) / 2.0
+    ranks[order] = np.repeat(mean_rank, ends - starts)
+    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
 
 
 class RollingAUC:

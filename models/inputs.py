@@ -97,11 +97,16 @@ INPUTS: Final[tuple[Input, ...]] = (
     Input("events_30d", 0, 500_000, 0, "events of any type in the 30 days up to now"),
     Input("activity_trend", 0, 1, 0, "events_7d / events_30d: share of the month's activity in its last week", True),
     Input("clicks_1d", 0, 50_000, 0, "click-topic events in the day up to now"),
+    Input("clicks_30d", 0, 500_000, 0, "click-topic events in the 30 days up to now"),
     Input("add_to_cart_1d", 0, 10_000, 0, "add_to_cart events in the day up to now"),
+    Input("add_to_cart_30d", 0, 100_000, 0, "add_to_cart events in the 30 days up to now"),
+    Input("cart_rate_30d", 0, 1, 0, "add_to_cart_30d / clicks_30d: how often a look becomes a cart", optional=True),
     Input("app_opens_7d", 0, 10_000, 0, "app_open events in the 7 days up to now"),
     Input("purchases_7d", 0, 1_000, 0, "purchases in the 7 days up to now"),
     Input("purchases_30d", 0, 5_000, 0, "purchases in the 30 days up to now"),
     Input("spend_30d", 0, 1e6, 0, "spend (currency units) in the 30 days up to now"),
+    Input("offer_purchases_30d", 0, 5_000, 0, "purchases with an offer_id (a coupon) in the 30 days up to now"),
+    Input("offer_share_30d", 0, 1, 0, "offer_purchases_30d / purchases_30d: buys on coupons", optional=True),
     Input("orders_total", 0, 1e6, 0, "lifetime purchases"),
     Input("spend_total", 0, 1e8, 0, "lifetime spend (currency units)"),
     Input("avg_order_value", 0, 1e5, 0, "spend_total / orders_total", optional=True),
@@ -113,11 +118,11 @@ INPUTS: Final[tuple[Input, ...]] = (
     Input("push_opt_in", 0, 1, 0, "1 if the latest push consent is an opt-in"),
     Input("sms_opt_in", 0, 1, 0, "1 if the latest SMS consent is an opt-in"),
 )
-_BY_NAME: Final = {i.name: i for i in INPUTS}
 # The keys of every sanitised vector, in a fixed order.
 MODEL_KEYS: Final[tuple[str, ...]] = tuple(
     key for i in INPUTS for key in ((i.name, i.missing_key) if i.optional else (i.name,))
 )
+_MODEL_KEY_SET: Final = frozenset(MODEL_KEYS)
 _WINDOW: Final = {w.name: w for w in WINDOWED}
 
 
@@ -152,7 +157,10 @@ def model_inputs(state: UserState, now_ms: int) -> dict[str, float]:
         "events_7d": "events_7d",
         "events_30d": "events_30d",
         "clicks_1d": "clicks_24h",
+        "clicks_30d": "clicks_30d",
         "add_to_cart_1d": "add_to_cart_24h",
+        "add_to_cart_30d": "add_to_cart_30d",
+        "offer_purchases_30d": "offer_purchases_30d",
         "app_opens_7d": "app_opens_7d",
         "purchases_7d": "purchases_7d",
         "purchases_30d": "purchases_30d",
@@ -163,6 +171,10 @@ def model_inputs(state: UserState, now_ms: int) -> dict[str, float]:
         out[name] = window_total(state, window, now_ms) / window.scale
     if out["events_30d"] > 0:
         out["activity_trend"] = out["events_7d"] / out["events_30d"]
+    if out["clicks_30d"] > 0:
+        out["cart_rate_30d"] = min(1.0, out["add_to_cart_30d"] / out["clicks_30d"])
+    if out["purchases_30d"] > 0:
+        out["offer_share_30d"] = min(1.0, out["offer_purchases_30d"] / out["purchases_30d"])
     out["orders_total"] = float(state.orders_total)
     out["spend_total"] = state.spend_total_cents / 100
     if state.orders_total > 0:
@@ -186,6 +198,12 @@ def model_inputs(state: UserState, now_ms: int) -> dict[str, float]:
     return out
 
 
+def _declared_keys(inputs: Sequence[Input]) -> frozenset[str]:
+    if inputs is INPUTS:
+        return _MODEL_KEY_SET
+    return frozenset(key for i in inputs for key in ((i.name, i.missing_key) if i.optional else (i.name,)))
+
+
 def sanitise(values: Mapping[str, float], inputs: Sequence[Input] = INPUTS) -> tuple[dict[str, float], Counter[str]]:
     """Every declared input finite and within bounds, plus indicators; repairs counted by reason.
 
@@ -203,7 +221,8 @@ def sanitise(values: Mapping[str, float], inputs: Sequence[Input] = INPUTS) -> t
     for spec in inputs:
         raw = values.get(spec.name)
         value: float | None = None
-        if raw is None:
+        if raw is None or (spec.optional and values.get(spec.missing_key) == 1.0):
+            # Absent, or filled in by an earlier pass: sanitising twice keeps the indicator.
             repairs["missing"] += 1
         else:
             try:
@@ -219,7 +238,7 @@ def sanitise(values: Mapping[str, float], inputs: Sequence[Input] = INPUTS) -> t
         out[spec.name] = spec.default if value is None else value
         if spec.optional:
             out[spec.missing_key] = 1.0 if value is None else 0.0
-    declared = {spec.name for spec in inputs} if inputs is not INPUTS else _BY_NAME.keys()
+    declared = _declared_keys(inputs)
     unknown = sum(1 for key in values if key not in declared)
     if unknown:
         repairs["unknown"] += unknown

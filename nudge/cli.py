@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import-dataset": ("producers.datasets", "convert a public dataset in shared/data into a nudge event log"),
     "worker": ("streams.cli", "run the Faust stream worker (events -> features -> Redis)"),
     "trainer": ("streams.trainer", "learn the models from resolved examples and rewards, publish signed snapshots"),
+    "eval": ("bench.evaluate", "how good the models are: simulator or real data -> worker -> trainer, vs baselines"),
     "models": ("streams.models_cli", "what the models know now: the newest snapshot's quality beside baselines"),
     "state": ("streams.state_cli", "print a user's live state from Redis, with its age"),
     "bench": ("bench", "benchmarks that print numbers and write JSON + PNG"),

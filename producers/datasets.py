@@ -67,6 +67,7 @@ __all__ = [
     "UCI_CATEGORY_KEYWORDS",
     "ImportStats",
     "configure",
+    "dataset_events",
     "default_data_dir",
     "import_dataset",
     "run",
@@ -351,8 +352,8 @@ DATASETS: dict[str, tuple[str, Converter]] = {
 }
 
 
-def import_dataset(name: str, out: Path, data_dir: Path | None = None) -> ImportStats:
-    """Convert dataset `name` into a sorted plain-JSONL event log at `out`."""
+def dataset_events(name: str, data_dir: Path | None = None) -> tuple[list[dict[str, Any]], ImportStats]:
+    """Dataset `name` as valid nudge events sorted by (ts, event_id), and what the conversion kept and skipped."""
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     relative, convert = DATASETS[name]
@@ -368,13 +369,20 @@ def import_dataset(name: str, out: Path, data_dir: Path | None = None) -> Import
             continue
         keyed.append((verdict.ts_ms, event["event_id"], event))
     keyed.sort(key=lambda k: (k[0], k[1]))
+    ordered = [event for _, _, event in keyed]
+    stats.users = len({event["user_id"] for event in ordered})
+    if ordered:
+        stats.first_ts, stats.last_ts = ordered[0]["ts"], ordered[-1]["ts"]
+    return ordered, stats
+
+
+def import_dataset(name: str, out: Path, data_dir: Path | None = None) -> ImportStats:
+    """Convert dataset `name` into a sorted plain-JSONL event log at `out`."""
+    events, stats = dataset_events(name, data_dir)
     with LogWriter(out) as writer:
-        for _, _, event in keyed:
+        for event in events:
             writer.write(encode_event(event))
-    stats.events_written = len(keyed)
-    stats.users = len({event["user_id"] for _, _, event in keyed})
-    if keyed:
-        stats.first_ts, stats.last_ts = keyed[0][2]["ts"], keyed[-1][2]["ts"]
+    stats.events_written = len(events)
     return stats
 
 

@@ -76,6 +76,11 @@ class EventClock:
         """The partition was revoked: it no longer holds the clock back."""
         self._partitions.pop(partition, None)
 
+    @property
+    def current(self) -> int | None:
+        """The watermark as last computed (None before any), without moving it."""
+        return self._watermark
+
     def watermark(self, *, wall_ms: int) -> int | None:
         """Event time up to which every active partition has delivered (None before any event)."""
         active = [p.event_ms for p in self._partitions.values() if wall_ms - p.wall_ms < self.idle_after_ms]

@@ -22,8 +22,17 @@ the first time):
 
 Once per batch, at the watermark (event time up to which every active
 partition has delivered), every user the batch touched, and every user the
-due index says has a label or an exposure window falling due, is advanced to
-the watermark: churn 1 and value labels resolve, exposures close with reward 0.
+due index says has a label, an exposure window or a rescore falling due, is
+advanced to the watermark: churn 1 and value labels resolve, exposures close
+with reward 0, and the user is rescored as of the watermark.
+
+Rescoring "as of now": a silent user sends no event, yet its churn risk grows
+with every day of silence. So every user is due again one `rescore_every_ms`
+of event time (a day) after it was last scored, at a boundary offset per user
+so the load spreads over the day; and a new snapshot starts a pass that
+rescores every user once with the new models. The sweep takes at most
+`max_sweep_per_batch` users per batch (the rest stay due for the next), so a
+day boundary of a million users or a snapshot never stalls a batch.
 
 Known open (issue 9): against a real Kafka, the worker's examples differ from
 a time-ordered, one-batch reference of the same log by up to ~13 % of ids, and
@@ -91,13 +100,29 @@ class ModelStage:
     default_propensity: float | None = None
     # How long after a user's latest event it is still observed (a long-gone user adds only easy examples).
     observe_for_ms: int = 14 * 86_400_000
-    # The newest verified snapshot's models (the shell swaps it) and the member tiers: scores need both.
+    # The newest verified snapshot's models (`use` swaps them in) and the member tiers: scores need both.
     bundle: ModelBundle | None = None
     tiers: Tiers | None = None
+    # Every user is rescored this long (event time) after its last score, even if silent.
+    rescore_every_ms: int = 86_400_000
+    # Users swept in per batch at most (due labels, rescores, a new snapshot's pass); the rest wait.
+    max_sweep_per_batch: int = 2_000
     _due: list[tuple[int, str]] = field(default_factory=list)  # (event time, user) heap; stale entries skipped
     _next_due: dict[str, int] = field(default_factory=dict)
+    _new_bundle: bool = False  # set by `use` (any thread), acted on by `finish` (the step's thread)
+    _pass: list[str] = field(default_factory=list)  # users still to rescore with the newest snapshot
+    _first_sight: set[str] = field(default_factory=set)  # users this process had not tracked before the batch
 
     # --- per event ----------------------------------------------------------------------------
+
+    def use(self, bundle: ModelBundle) -> None:
+        """Score with `bundle` from now on; every user is rescored with it over the next batches.
+
+        Safe to call from another thread (the snapshot follower): it only swaps
+        a reference and raises a flag; the pass itself starts in `finish`.
+        """
+        self.bundle = bundle
+        self._new_bundle = True
 
     def before_event(self, state: UserState, event: Event) -> None:
         """Before `event` is folded: observe the user at every boundary the event passes.
@@ -105,6 +130,8 @@ class ModelStage:
         The state holds only events up to those boundaries then, so the inputs are
         exactly "as of" the boundary, never a peek at the event to be labelled.
         """
+        if state.user_id not in self._next_due:
+            self._first_sight.add(state.user_id)
         if state.last_event_ts is not None:
             self._observe_until(state, event.ts_ms - 1)
 
@@ -156,32 +183,47 @@ class ModelStage:
         out.watermark = watermark
         if watermark is None:
             for state in touched.values():
-                self._track(state)
+                self._track(state, state.last_event_ts or 0)
             return
         for state in touched.values():
             self._advance(state, watermark, out)
-        while self._due and self._due[0][0] <= watermark:
+        if self._new_bundle:
+            self._new_bundle = False
+            if not self._pass:  # a pass under way goes on with the newer models
+                self._pass = list(self._next_due)
+        budget = self.max_sweep_per_batch
+        while budget > 0 and self._due and self._due[0][0] <= watermark:
             due, uid = heapq.heappop(self._due)
-            if self._next_due.get(uid) != due or uid in touched:
+            if self._next_due.get(uid) != due or uid in touched or uid in out.swept:
                 continue  # stale entry, or advanced above already
             del self._next_due[uid]
-            silent = states.get(uid)
-            if silent is None:
-                continue  # no longer ours (revoked) or gone
-            self._advance(silent, watermark, out)
-            out.swept[uid] = silent
+            budget -= self._sweep(uid, states, watermark, out)
+        while budget > 0 and self._pass:
+            uid = self._pass.pop()
+            if uid not in touched and uid not in out.swept:
+                budget -= self._sweep(uid, states, watermark, out)
 
-    def fields(self, state: UserState, watermark: int | None) -> dict[str, str]:
-        """The user's score fields "as of now": the watermark, never before the user's own latest event."""
+    def fields(self, state: UserState, watermark: int | None, *, rescored: bool = False) -> dict[str, str]:
+        """The user's score fields "as of now": the watermark, never before the user's own latest event.
+
+        The next-best offer costs several times the rest (one posterior per
+        offer), so it is chosen when the user is `rescored` by the sweep (daily,
+        and with each new snapshot) and when this process first sees the user,
+        not on every event; the hash keeps the last choice in between.
+        """
+        first = state.user_id in self._first_sight
+        if first:
+            self._first_sight.discard(state.user_id)
         if self.bundle is None or self.tiers is None:
             return {}
         now = max(watermark or 0, state.as_of or 0)
-        return score(self.bundle, state, now, self.tiers, with_offer=False)
+        return score(self.bundle, state, now, self.tiers, with_offer=rescored or first)
 
     def track(self, states: Iterable[UserState]) -> None:
         """Put users' coming deadlines in the due index (after recovery or an assignment)."""
+        now = self.clock.current
         for state in states:
-            self._track(state)
+            self._track(state, max(now or 0, state.last_event_ts or 0))
 
     # --- internals ----------------------------------------------------------------------------
 
@@ -239,6 +281,16 @@ class ModelStage:
         if changed:
             state.models[_LABELS] = pending
 
+    def _sweep(self, uid: str, states: StateLookup, watermark: int, out: ModelOutput) -> int:
+        """Advance a user the batch did not touch; 1 if it was still ours, else 0."""
+        silent = states.get(uid)
+        if silent is None:
+            self._next_due.pop(uid, None)
+            return 0  # no longer ours (revoked) or gone
+        self._advance(silent, watermark, out)
+        out.swept[uid] = silent
+        return 1
+
     def _advance(self, state: UserState, watermark: int, out: ModelOutput) -> None:
         self._observe_until(state, watermark)
         if _LABELS in state.models:
@@ -251,36 +303,36 @@ class ModelStage:
             )
             state.models[_EXPOSURES] = exposures
             out.rewards.extend(rewards)
-        self._track(state)
+        self._track(state, watermark)
 
-    def _track(self, state: UserState) -> None:
-        due = _next_deadline(state, self, self.label_config)
+    def _track(self, state: UserState, scored_at: int) -> None:
+        """Index the user's next deadline: a label, an exposure's end, or its next rescore after `scored_at`."""
+        due = _next_deadline(state, self, scored_at)
         uid = state.user_id
-        if due is None:
-            self._next_due.pop(uid, None)
-            return
         if self._next_due.get(uid) != due:
             self._next_due[uid] = due
             heapq.heappush(self._due, (due, uid))
 
 
-def _next_deadline(state: UserState, stage: ModelStage, config: labels.LabelConfig) -> int | None:
-    deadlines: list[int] = []
+def _next_deadline(state: UserState, stage: ModelStage, scored_at: int) -> int:
+    """The earliest of: the next rescore (which also takes the observations due), a label, an exposure's end."""
+    every = stage.rescore_every_ms
+    deadlines = [_next_boundary(max(scored_at, state.last_event_ts or 0), every, _offset(state.user_id, every))]
     if state.last_event_ts is not None and state.first_seen is not None:
         last = stage._labels(state).last_observed_at
-        every = config.sample_every_ms
+        sample = stage.label_config.sample_every_ms
         start = max(last if last is not None else state.first_seen, state.last_event_ts)
-        boundary = _next_boundary(start, every, _offset(state.user_id, every))
+        boundary = _next_boundary(start, sample, _offset(state.user_id, sample))
         if boundary <= state.last_event_ts + stage.observe_for_ms:
             deadlines.append(boundary)
     if _LABELS in state.models:
-        label_due = labels.next_deadline(stage._labels(state), config)
+        label_due = labels.next_deadline(stage._labels(state), stage.label_config)
         if label_due is not None:
             deadlines.append(label_due)
     if _EXPOSURES in state.models:
         window = stage.bandit_config.attribution_window_ms
         deadlines.extend(e.at_ms + window for e in stage._exposures(state).exposures)
-    return min(deadlines) if deadlines else None
+    return min(deadlines)
 
 
 def _is_receipt(event: Event) -> bool:

@@ -39,7 +39,7 @@ def take_snapshot(stage: ModelStage, value: bytes | None, key: bytes, metrics: S
         return False
     if stage.bundle is not None and bundle.version <= stage.bundle.version:
         return False
-    stage.bundle = bundle
+    stage.use(bundle)
     metrics.model_version.set(bundle.version)
     log.info("scoring with model snapshot version %d", bundle.version)
     return True

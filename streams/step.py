@@ -241,7 +241,7 @@ def step(
         result.examples, result.rewards = model_out.examples, model_out.rewards
         for uid, state in model_out.swept.items():
             touched.setdefault(uid, state)  # its labels moved: a changelog entry and a write
-    _emit(result, config, now_ms, models, model_out.watermark if model_out is not None else None)
+    _emit(result, config, now_ms, models, model_out)
     result.first_seen_at = [ts for ts in first_seen_at.values() if ts]
     return result
 
@@ -260,7 +260,7 @@ def changelog_value(state: UserState) -> bytes:
 
 
 def _emit(
-    result: StepResult, config: StepConfig, now_ms: int, models: ModelStage | None, event_now: int | None
+    result: StepResult, config: StepConfig, now_ms: int, models: ModelStage | None, model_out: ModelOutput | None
 ) -> None:
     """Stages 4 and 5: score each touched user, then its changelog entry and store write."""
     watermark = None
@@ -268,8 +268,8 @@ def _emit(
         key = uid.encode()
         result.changelog.append((key, expected_partition(key, config.partitions)))
         write = user_write(state, config, now_ms)
-        if models is not None:
-            write.fields.update(models.fields(state, event_now))
+        if models is not None and model_out is not None:
+            write.fields.update(models.fields(state, model_out.watermark, rescored=uid in model_out.swept))
         result.writes.append(write)
         if state.as_of is not None and (watermark is None or state.as_of > watermark):
             watermark = state.as_of

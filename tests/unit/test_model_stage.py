@@ -143,3 +143,57 @@ def test_with_a_bundle_every_write_carries_the_scores_as_of_the_watermark() -> N
     assert {"churn_score", "clv_30d", "member_tier", "models_version"} <= set(write.fields)
     assert 0.0 <= float(write.fields["churn_score"]) <= 1.0
     assert write.fields["models_version"] == "0"
+
+
+def _scored(stage: ModelStage, states: dict[str, UserState], *events: Any) -> dict[str, dict[str, str]]:
+    return {w.user_id: w.fields for w in batch(stage, states, *events).writes}
+
+
+def _with_bundle() -> ModelStage:
+    from models.bundle import new_bundle
+    from models.segments import load_tiers
+
+    stage = ModelStage(CATALOG, tiers=load_tiers("deploy/config/tiers.yaml"))
+    stage.use(new_bundle(list(CATALOG)))
+    return stage
+
+
+def test_a_silent_user_is_rescored_every_day_long_after_its_labels_are_done() -> None:
+    """Churn risk must keep meaning "as of now" for a user gone for months, not only while labels are open."""
+    stage, states = _with_bundle(), {}
+    batch(stage, states, make("a1", "page_view", T0, user=A))
+    rescored_on = []
+    for day in range(40, 44):
+        fields = _scored(stage, states, *tick(f"d{day}", T0 + day * DAY_MS))
+        if A in fields:
+            rescored_on.append(day)
+            assert float(fields[A]["churn_score"]) >= 0.0
+    assert rescored_on == [40, 41, 42, 43]  # the first at the catch-up, then one per day of event time
+
+
+def test_a_new_snapshot_rescores_every_user_within_the_sweep_budget_per_batch() -> None:
+    from models.bundle import new_bundle
+
+    stage, states = _with_bundle(), {}
+    stage.max_sweep_per_batch = 2
+    batch(stage, states, *(make(f"u{i}", "page_view", T0, user=u) for i, u in enumerate((A, B, C))))
+    quiet = T0 + HOUR_MS  # no daily boundary passes: only the snapshot's pass rescores
+    assert set(_scored(stage, states, *tick("q0", quiet))) == {CLOCK}
+    fresh = new_bundle(list(CATALOG))
+    fresh.version = 7
+    stage.use(fresh)
+    first = _scored(stage, states, *tick("q1", quiet + 1))
+    second = _scored(stage, states, *tick("q2", quiet + 2))
+    assert len(set(first) - {CLOCK}) == 2 and len(set(second) - {CLOCK}) == 1  # two, then the last one
+    assert set(first) | set(second) == {A, B, C, CLOCK}
+    assert {f["models_version"] for f in (*first.values(), *second.values())} == {"7"}
+
+
+def test_the_offer_is_chosen_at_first_sight_and_at_rescores_not_on_every_event() -> None:
+    stage, states = _with_bundle(), {}
+    first = _scored(stage, states, make("a1", "page_view", T0, user=A))
+    assert first[A]["nbo_offer"] in CATALOG and 0.0 <= float(first[A]["nbo_score"]) <= 1.0
+    again = _scored(stage, states, make("a2", "page_view", T0 + HOUR_MS, user=A))
+    assert "nbo_offer" not in again[A] and "churn_score" in again[A]
+    later = _scored(stage, states, *tick("d2", T0 + 2 * DAY_MS))  # A's daily rescore
+    assert later[A]["nbo_offer"] in CATALOG
