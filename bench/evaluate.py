@@ -54,7 +54,7 @@ from tqdm import tqdm
 
 from features.definitions import DAY_MS
 from features.state import UserState
-from models.bundle import CHURN_BASELINES, ModelBundle, learn_example, learn_reward, new_bundle, refresh_cuts
+from models.bundle import CHURN_BASELINES, ModelBundle, learn_example, learn_reward, new_bundle, next_version
 from models.evaluation import auc
 from models.inputs import model_inputs
 from models.snapshot import open_snapshot, seal
@@ -227,8 +227,7 @@ def evaluate(
         counts["rewards"] += len(result.rewards)
         since_snapshot += learned
         if since_snapshot >= snapshot_every:
-            trainer.version += 1
-            stage.use(_ship(trainer, key, trainer.version))
+            stage.use(_ship(trainer, key, next_version(trainer)))
             counts["snapshots"] += 1
             since_snapshot = 0
         pending.clear()
@@ -269,7 +268,6 @@ def evaluate(
 
 def _ship(bundle: ModelBundle, key: bytes, version: int) -> ModelBundle:
     """The trainer -> worker hop: seal, verify, unpickle (a copy, as a worker holds)."""
-    refresh_cuts(bundle)
     blob = seal(bundle, key=key, version=version, meta={"created_at": 0})
     shipped = open_snapshot(blob, key=key).models
     assert isinstance(shipped, ModelBundle)

@@ -23,6 +23,7 @@ import dataclasses
 import gc
 import itertools
 import json
+import secrets
 import shutil
 import statistics
 import time
@@ -75,6 +76,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="worker port used by the benchmark; it and the next two are used, 1024..65533 [%(default)s]",
     )
     parser.add_argument("--skip-recovery", action="store_true", help="skip the table recovery measurement")
+    parser.add_argument(
+        "--no-models",
+        action="store_true",
+        help="run the worker without models (by default it scores every user with a trained snapshot, "
+        "resolves labels and offer rewards, as in production)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -251,37 +258,104 @@ def _recovery(settings: Settings, out_dir: Path, port: int, store: str) -> dict[
     return {"first_start_s": cold, "restart_s": warm}
 
 
-def _step_cost(settings: Settings, messages: list[tuple[str, bytes, bytes]], batch: int) -> dict[str, float]:
-    """The pure step alone (no Kafka, no Redis), in microseconds per event,
-    beside `orjson.loads` of the same messages (the floor: any step decodes
-    its input). States carry over from batch to batch, as in the worker."""
-    from streams.step import StepConfig, expected_partition, step
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Message:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes
+    value: bytes
+    timestamp: float = 0.0
+    headers: Any = None
 
-    @dataclasses.dataclass(frozen=True, slots=True)
-    class Message:
-        topic: str
-        partition: int
-        offset: int
-        key: bytes
-        value: bytes
-        timestamp: float = 0.0
-        headers: Any = None
+
+def _inputs(settings: Settings, messages: list[tuple[str, bytes, bytes]]) -> list[_Message]:
+    from streams.step import expected_partition
 
     parts = settings.partitions
-    inputs = [Message(t, expected_partition(k, parts), i, k, v) for i, (t, k, v) in enumerate(messages)]
+    return [_Message(t, expected_partition(k, parts), i, k, v) for i, (t, k, v) in enumerate(messages)]
+
+
+def _trained_bundle(settings: Settings, messages: list[tuple[str, bytes, bytes]]) -> Any:
+    """Models trained on these messages, as the trainer would have them: what the worker scores with.
+
+    The examples and rewards the step resolves are learned in-process; the
+    cost of scoring depends on the models' shape (cut points, learned arms),
+    not on how good they are.
+    """
+    from models.bundle import learn_example, learn_reward, new_bundle, next_version
+    from streams.model_stage import model_stage_for
+    from streams.step import StepConfig, step
+
+    stage = model_stage_for(settings)
+    bundle = new_bundle([oid for oid in stage.catalog])
+    config = StepConfig.from_settings(settings)
+    states: dict[str, Any] = {}
+    inputs = _inputs(settings, messages)
+    for i in range(0, len(inputs), 5000):
+        result = step(states, inputs[i : i + 5000], config, _NOW_MS, models=stage)
+        states.update(result.states)
+        for example in result.examples:
+            learn_example(bundle, example)
+        for reward in result.rewards:
+            learn_reward(bundle, reward)
+    next_version(bundle)
+    return bundle
+
+
+# The simulator's future days are not "future" to the step.
+_NOW_MS = int(time.time() * 1000) + 365 * 86_400_000
+
+
+def _step_cost(
+    settings: Settings, messages: list[tuple[str, bytes, bytes]], batch: int, bundle: Any = None
+) -> dict[str, Any]:
+    """The pure step alone (no Kafka, no Redis), in microseconds per event,
+    beside `orjson.loads` of the same messages (the floor: any step decodes
+    its input). States carry over from batch to batch, as in the worker.
+    With `bundle`, the model stage runs too and scores with it."""
+    from streams.model_stage import model_stage_for
+    from streams.step import StepConfig, step
+
+    inputs = _inputs(settings, messages)
     config = StepConfig.from_settings(settings)
     started = time.perf_counter()
     for message in inputs:
         orjson.loads(message.value)
     floor = time.perf_counter() - started
+    stage = None
+    if bundle is not None:
+        stage = model_stage_for(settings)
+        stage.use(bundle)
     states: dict[str, Any] = {}
-    now_ms = int(time.time() * 1000) + 365 * 86_400_000  # the simulator's future days are not "future"
     started = time.perf_counter()
     for i in range(0, len(inputs), batch):
-        states.update(step(states, inputs[i : i + batch], config, now_ms).states)
+        states.update(step(states, inputs[i : i + batch], config, _NOW_MS, models=stage).states)
     elapsed = time.perf_counter() - started
     n = len(inputs)
-    return {"batch": batch, "step_us_per_event": elapsed / n * 1e6, "orjson_loads_us_per_event": floor / n * 1e6}
+    return {
+        "batch": batch,
+        "models": bundle is not None,
+        "step_us_per_event": elapsed / n * 1e6,
+        "orjson_loads_us_per_event": floor / n * 1e6,
+    }
+
+
+def _publish_snapshot(settings: Settings, bundle: Any) -> int:
+    """Seal `bundle` with the run's key into the run's snapshot topic; its size in bytes."""
+    from kafka import KafkaProducer
+
+    from models.snapshot import seal
+    from nudge.kafka_clients import connect
+    from streams.trainer import SNAPSHOT_KEY
+
+    blob = seal(bundle, key=settings.model_key.encode(), version=bundle.version, meta={"created_at": 0})
+    producer = connect(KafkaProducer, settings, client_id="nudge-bench", max_request_size=settings.max_message_bytes)
+    try:
+        producer.send(settings.topic_model_snapshots, key=SNAPSHOT_KEY, value=blob).get(timeout=60)
+    finally:
+        producer.close()
+    return len(blob)
 
 
 def _throughput(settings: Settings, count: int, workers: int, out_dir: Path, port: int) -> dict[str, float]:
@@ -331,6 +405,14 @@ def _throughput(settings: Settings, count: int, workers: int, out_dir: Path, por
             proc.stop()
 
 
+def _scoring_cost(costs: list[dict[str, Any]]) -> float | None:
+    """The step's cost with models minus without, at batches of 500 (None without a models run)."""
+    by = {(c["models"], c["batch"]): c["step_us_per_event"] for c in costs}
+    if (True, 500) not in by:
+        return None
+    return float(by[True, 500] - by[False, 500])
+
+
 def _stages(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
     """Mean time of each stage and mean batch size between two scrapes (None:
     the stage did not run, e.g. no dead letters)."""
@@ -359,18 +441,34 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from streams.process import WorkerProcess
 
     tag = f"bench{uuid.uuid4().hex[:8]}"
-    scoped = _scoped(settings, tag, data_dir=settings.data_dir / "bench" / tag)
+    models: dict[str, Any] = {}
+    if not args.no_models:
+        # The run's own key and model topics: nothing else's snapshots are loaded.
+        models = {
+            "model_key": secrets.token_hex(32),
+            "topic_training_examples": f"{tag}-training-examples",
+            "topic_bandit_rewards": f"{tag}-bandit-rewards",
+            "topic_model_snapshots": f"{tag}-model-snapshots",
+        }
+    scoped = _scoped(settings, tag, data_dir=settings.data_dir / "bench" / tag, **models)
     out_dir: Path = args.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     ensure_topics(scoped)
     print(f"generating {args.events:,} events for {args.users:,} users ...")
     messages = _messages(scoped, args.events, args.users)
+    bundle = None if args.no_models else _trained_bundle(scoped, messages)
     step_costs = [_step_cost(scoped, messages, batch) for batch in (500, 5000)]
+    if bundle is not None:
+        step_costs += [_step_cost(scoped, messages, batch, bundle) for batch in (500, 5000)]
     for cost in step_costs:
         print(
-            f"(e) the step alone, batches of {cost['batch']:,}: {cost['step_us_per_event']:.1f} us/event "
+            f"(e) the step alone{' with models' if cost['models'] else ''}, batches of {cost['batch']:,}: "
+            f"{cost['step_us_per_event']:.1f} us/event "
             f"(orjson.loads of the same messages: {cost['orjson_loads_us_per_event']:.2f} us/event)"
         )
+    scoring = _scoring_cost(step_costs)
+    if scoring is not None:
+        print(f"    the models' cost (labels, rewards, scores, sweeps): {scoring:.1f} us/event at batches of 500")
     produce_rate = _produce(scoped, messages)
     print(f"produced  {len(messages):,} messages at {produce_rate:,.0f}/s")
     raw = _raw_ceiling(scoped, len(messages))
@@ -380,7 +478,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "users": args.users,
         "raw_consume_per_s": raw,
         "step_cost": step_costs,
+        "models": bundle is not None,
+        "models_us_per_event": scoring,
     }
+    if bundle is not None:
+        results["snapshot_bytes"] = _publish_snapshot(scoped, bundle)
 
     worker = WorkerProcess(scoped, web_port=args.web_port, log_path=out_dir / "worker-bench.log", loglevel="warn")
     worker.start()

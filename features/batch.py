@@ -99,6 +99,7 @@ def user_features(user_id: str, classified: list[tuple[Event, Outcome]]) -> dict
         "last_event_ts": _s(last_event),
         "last_purchase_ts": _s(last_purchase),
         "last_add_to_cart_ts": _s(max(adds, default=None)),
+        "installed_at": _s(max((ev.ts for ev in counted if ev.type == "install"), default=None)),
         "events_total": str(len(counted)),
         "orders_total": str(len(purchases)),
         "spend_total": money(sum(cents(ev.total) for ev in purchases)),

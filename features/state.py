@@ -99,6 +99,7 @@ class UserState:
         "consent",
         "events_total",
         "first_seen",
+        "installed_at",
         "last_add_to_cart_ts",
         "last_event_ts",
         "last_purchase_ts",
@@ -119,6 +120,7 @@ class UserState:
         self.last_event_ts: int | None = None
         self.last_purchase_ts: int | None = None
         self.last_add_to_cart_ts: int | None = None
+        self.installed_at: int | None = None
         self.events_total = 0
         self.orders_total = 0
         self.spend_total_cents = 0
@@ -151,6 +153,7 @@ class UserState:
             "last_event_ts": self.last_event_ts,
             "last_purchase_ts": self.last_purchase_ts,
             "last_add_to_cart_ts": self.last_add_to_cart_ts,
+            "installed_at": self.installed_at,
             "events_total": self.events_total,
             "orders_total": self.orders_total,
             "spend_total_cents": self.spend_total_cents,
@@ -193,6 +196,7 @@ class UserState:
             "location",
         ):
             setattr(state, name, data[name])
+        state.installed_at = data.get("installed_at")  # absent in states written before it existed
         for name, bs in data["buckets"].items():
             state.buckets[name] = {int(b): v for b, v in bs.items()}
         state.categories = {c: {int(d): v for d, v in ds.items()} for c, ds in data["categories"].items()}
@@ -212,6 +216,7 @@ class UserState:
             "last_event_ts": _s(self.last_event_ts),
             "last_purchase_ts": _s(self.last_purchase_ts),
             "last_add_to_cart_ts": _s(self.last_add_to_cart_ts),
+            "installed_at": _s(self.installed_at),
             "events_total": str(self.events_total),
             "orders_total": str(self.orders_total),
             "spend_total": money(self.spend_total_cents),
@@ -371,6 +376,8 @@ def fold(state: UserState, event: Event, config: FoldConfig) -> Outcome:
                 _lww(state.profile, name, ts, value)
     elif isinstance(event, LocationEvent) and (state.location is None or ts >= state.location[0]):
         state.location = [ts, event.lat, event.lon]
+    elif event.type == "install":
+        state.installed_at = ts if state.installed_at is None else max(state.installed_at, ts)
 
     # 4. late events stop here
     if stream.watermark is not None and ts < stream.watermark - config.grace_ms:

@@ -27,15 +27,16 @@ Rewards, in event time
 An *exposure* opens when a user receives an offer (a push_received whose
 campaign_id is a catalog offer). A purchase at t rewards it with 1 when
 ``exposed_at < t <= exposed_at + attribution_window`` and it carries the
-offer's id or, failing that, buys in the offer's category. One purchase
-rewards at most one exposure: the latest one matching by id, else the latest
-matching by category (a sitewide offer has no category, so only its id
-rewards it: any purchase would otherwise count, organic buying included).
+offer's id (a coupon redeemed). One purchase rewards at most one exposure,
+the latest of that offer. A purchase in the offer's category without its id
+does not count: loyal customers buy in every category anyway, and crediting
+those organic purchases taught the policy to send category offers to heavy
+buyers instead of what converts them.
 When the watermark reaches ``exposed_at + attribution_window`` an exposure
 still open gets reward 0. Each exposure resolves exactly once, into a
 `BanditReward` record for the trainer.
 
->>> policy = new_policy(["freeship", "fashion30"], BanditConfig(epsilon=0.2))
+>>> policy = new_policy(["freeship", "fashion30"], BanditConfig(epsilon=0.2), features=raw_features)
 >>> choice = choose(policy, {"is_bargain": 1.0}, draw=0.95)
 >>> choice.offer_id, choice.propensity   # nothing learned yet: every arm ties, uniform
 ('fashion30', 0.5)
@@ -53,7 +54,7 @@ import hashlib
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from river import linear_model
@@ -77,7 +78,9 @@ __all__ = [
     "expose",
     "ips_value",
     "new_policy",
+    "offer_features",
     "on_purchase",
+    "raw_features",
     "reward_id",
     "uniform",
     "update",
@@ -98,7 +101,7 @@ class BanditConfig:
     before any data.
     """
 
-    epsilon: float = 0.1
+    epsilon: float = 0.05
     ucb_width: float = 1.0
     prior_variance: float = 1.0
     noise_precision: float = 4.0
@@ -142,6 +145,8 @@ class Policy:
     version: str
     # River ships no type hints: each value is a linear_model.BayesianLinearRegression.
     arms: dict[str, Any]
+    # Context -> the arms' features (a module-level function, so the policy pickles by name).
+    features: Callable[[Mapping[str, float]], dict[str, float]]
     n_updates: int = 0
 
 
@@ -157,8 +162,18 @@ class Choice:
     policy_version: str
 
 
-def new_policy(offer_ids: Iterable[str], config: BanditConfig = DEFAULT_CONFIG, version: str = "nbo-0") -> Policy:
-    """An untrained policy over `offer_ids` (the catalog's order is the tie-break order)."""
+def new_policy(
+    offer_ids: Iterable[str],
+    config: BanditConfig = DEFAULT_CONFIG,
+    version: str = "nbo-0",
+    features: Callable[[Mapping[str, float]], dict[str, float]] | None = None,
+) -> Policy:
+    """An untrained policy over `offer_ids` (the catalog's order is the tie-break order).
+
+    `features` maps a logged context to what the arms learn on: `offer_features`
+    (sanitised model inputs) unless given, e.g. `raw_features` for contexts
+    that are features already.
+    """
     ids = tuple(offer_ids)
     if not ids or len(set(ids)) != len(ids):
         raise ValueError(f"new_policy: offer ids must be non-empty and unique, got {ids!r}")
@@ -166,14 +181,53 @@ def new_policy(offer_ids: Iterable[str], config: BanditConfig = DEFAULT_CONFIG, 
         oid: linear_model.BayesianLinearRegression(alpha=config.prior_variance, beta=config.noise_precision)
         for oid in ids
     }
-    return Policy(ids, config, version, arms)
+    return Policy(ids, config, version, arms, features or offer_features)
 
 
-def _features(context: Mapping[str, float]) -> dict[str, float]:
-    # River does no validation: a NaN would poison the posterior for good.
+# What tells customers apart when it comes to offers: how often a look becomes a cart,
+# how much they buy on coupons, how much they buy and browse, how recently they
+# installed. Counts on a log scale, divided to land near [0, 1] (the prior of every
+# weight is the same), each optional input with its indicator.
+_OFFER_RATIOS: Final = ("cart_rate_30d", "offer_share_30d")
+_OFFER_LOGS: Final = {
+    "clicks_30d": 5.0,
+    "purchases_30d": 3.0,
+    "offer_purchases_30d": 2.0,
+    "app_opens_7d": 3.0,
+    "recency_days": 3.0,
+    "days_since_install": 4.0,
+}
+_OFFER_OPTIONAL: Final = frozenset({"cart_rate_30d", "offer_share_30d", "recency_days", "days_since_install"})
+
+
+def offer_features(context: Mapping[str, float]) -> dict[str, float]:
+    """The policy's view of a logged context (sanitised model inputs): a few scaled features and a bias.
+
+    >>> offer_features({"cart_rate_30d": 0.2, "clicks_30d": math.e - 1})["clicks_30d"]
+    0.2
+    """
+    x = {_BIAS: 1.0}
+    for name in (*_OFFER_RATIOS, *_OFFER_LOGS):
+        missing = name not in context or context.get(f"{name}_missing", 0.0) >= 0.5
+        value = 0.0 if missing else _finite(context[name])
+        scale = _OFFER_LOGS.get(name)
+        x[name] = value if scale is None else math.log1p(max(0.0, value)) / scale
+        if name in _OFFER_OPTIONAL:
+            x[f"{name}_missing"] = 1.0 if missing else 0.0
+    return x
+
+
+def raw_features(context: Mapping[str, float]) -> dict[str, float]:
+    """The context as it is (non-finite values dropped), plus the bias."""
     x = {k: float(v) for k, v in context.items() if math.isfinite(v)}
     x[_BIAS] = 1.0
     return x
+
+
+def _finite(value: float) -> float:
+    # River does no validation: a NaN would poison the posterior for good.
+    v = float(value)
+    return v if math.isfinite(v) else 0.0
 
 
 def _mean_and_ucb(policy: Policy, x: Mapping[str, float]) -> dict[str, tuple[float, float]]:
@@ -190,7 +244,7 @@ def _mean_and_ucb(policy: Policy, x: Mapping[str, float]) -> dict[str, tuple[flo
 
 def arm_scores(policy: Policy, context: Mapping[str, float]) -> dict[str, float]:
     """Each offer's upper confidence bound for this context (non-finite context values dropped)."""
-    return {oid: ucb for oid, (_, ucb) in _mean_and_ucb(policy, _features(context)).items()}
+    return {oid: ucb for oid, (_, ucb) in _mean_and_ucb(policy, policy.features(context)).items()}
 
 
 def _probabilities(policy: Policy, ucb: Mapping[str, float]) -> dict[str, float]:
@@ -214,7 +268,7 @@ def choose(policy: Policy, context: Mapping[str, float], draw: float) -> Choice:
     """
     if not 0.0 <= draw < 1.0:
         raise ValueError(f"choose: draw must be in [0, 1), got {draw!r}")
-    scored = _mean_and_ucb(policy, _features(context))
+    scored = _mean_and_ucb(policy, policy.features(context))
     probs = _probabilities(policy, {oid: ucb for oid, (_, ucb) in scored.items()})
     cumulative, chosen = 0.0, policy.offer_ids[-1]
     for oid in policy.offer_ids:
@@ -246,7 +300,7 @@ def update(policy: Policy, context: Mapping[str, float], offer_id: str, reward: 
         return False
     if not math.isfinite(reward):
         raise ValueError(f"update: reward must be finite, got {reward!r}")
-    arm.learn_one(_features(context), float(reward))
+    arm.learn_one(policy.features(context), float(reward))
     policy.n_updates += 1
     return True
 
@@ -269,7 +323,6 @@ class Exposure:
 
     at_ms: int
     offer_id: str
-    category: str | None
     context: dict[str, float]
     propensity: float
     policy_version: str
@@ -347,7 +400,6 @@ class Attribution:
                 {
                     "at": e.at_ms,
                     "offer_id": e.offer_id,
-                    "category": e.category,
                     "context": e.context,
                     "propensity": e.propensity,
                     "policy_version": e.policy_version,
@@ -366,7 +418,6 @@ class Attribution:
                 Exposure(
                     at_ms=int(e["at"]),
                     offer_id=str(e["offer_id"]),
-                    category=None if e["category"] is None else str(e["category"]),
                     context={str(k): float(v) for k, v in e["context"].items()},
                     propensity=float(e["propensity"]),
                     policy_version=str(e["policy_version"]),
@@ -405,8 +456,7 @@ def expose(
     """
     if attribution.user_id is not None and attribution.user_id != user_id:
         raise ValueError(f"expose: state of user {attribution.user_id!r} given for user {user_id!r}")
-    offer = catalog.get(offer_id)
-    if offer is None:
+    if offer_id not in catalog:
         return attribution, False
     if not 0 < propensity <= 1:
         raise ValueError(f"expose: propensity must be in (0, 1], got {propensity!r}")
@@ -416,7 +466,7 @@ def expose(
     if sum(1 for e in attribution.exposures if at_ms < e.at_ms + window) >= config.max_open_exposures:
         return attribution, False
     ctx = {str(k): float(v) for k, v in context.items() if math.isfinite(v)}
-    e = Exposure(at_ms, offer_id, offer.category, ctx, float(propensity), policy_version)
+    e = Exposure(at_ms, offer_id, ctx, float(propensity), policy_version)
     return Attribution(user_id, (*attribution.exposures, e)), True
 
 
@@ -440,26 +490,19 @@ def on_purchase(
     *,
     at_ms: int,
     offer_id: str | None,
-    categories: Iterable[str],
     config: BanditConfig = DEFAULT_CONFIG,
 ) -> tuple[Attribution, list[BanditReward]]:
-    """A purchase at `at_ms`, carrying `offer_id` (or None) and items in `categories`.
+    """A purchase at `at_ms` carrying `offer_id` (None: bought without a coupon, rewards nothing).
 
-    Rewards (1) at most one open exposure inside its window: the latest with
-    the same offer id, else the latest whose offer's category was bought.
+    Rewards (1) the latest open exposure of that offer inside its window, if any.
     """
+    if offer_id is None:
+        return attribution, []
     window = config.attribution_window_ms
-    live = [e for e in attribution.exposures if e.at_ms < at_ms <= e.at_ms + window]
+    live = [e for e in attribution.exposures if e.offer_id == offer_id and e.at_ms < at_ms <= e.at_ms + window]
     if not live:
         return attribution, []
-    cats = set(categories)
-    # Latest first; among exposures at the same instant, catalog ids in a fixed order.
-    by_recency = sorted(live, key=lambda e: (-e.at_ms, e.offer_id))
-    winner = next((e for e in by_recency if offer_id is not None and e.offer_id == offer_id), None)
-    if winner is None:
-        winner = next((e for e in by_recency if e.category is not None and e.category in cats), None)
-    if winner is None:
-        return attribution, []
+    winner = max(live, key=lambda e: e.at_ms)
     rest = tuple(e for e in attribution.exposures if e is not winner)
     return replace(attribution, exposures=rest), [_resolve(attribution, winner, at_ms, 1.0)]
 

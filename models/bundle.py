@@ -59,6 +59,7 @@ __all__ = [
     "learn_example",
     "learn_reward",
     "new_bundle",
+    "next_version",
     "observation_scores",
     "offer_context",
     "refresh_cuts",
@@ -265,6 +266,14 @@ def _update_rfm(bundle: ModelBundle, x: Mapping[str, float]) -> None:
     n = bundle.rfm.count
     if n >= CUTS_MIN_USERS and (bundle.cuts is None or n % CUTS_EVERY == 0):
         refresh_cuts(bundle)
+
+
+def next_version(bundle: ModelBundle) -> int:
+    """Before sealing a snapshot: the next version, on the bundle and its policy (choices log it), and fresh cuts."""
+    refresh_cuts(bundle)
+    bundle.version += 1
+    bundle.bandit.version = f"nbo-{bundle.version}"
+    return bundle.version
 
 
 def refresh_cuts(bundle: ModelBundle) -> None:

@@ -68,7 +68,16 @@ LOG_SCALED: Final = frozenset(
 )
 # Inputs that measure the age of the system as much as the user's (see the module's docstring).
 LEFT_OUT: Final = frozenset(
-    {"tenure_days", "tenure_days_missing", "orders_total", "spend_total", "avg_order_value", "avg_order_value_missing"}
+    {
+        "tenure_days",
+        "tenure_days_missing",
+        "days_since_install",
+        "days_since_install_missing",
+        "orders_total",
+        "spend_total",
+        "avg_order_value",
+        "avg_order_value_missing",
+    }
 )
 
 

@@ -112,6 +112,7 @@ INPUTS: Final[tuple[Input, ...]] = (
     Input("avg_order_value", 0, 1e5, 0, "spend_total / orders_total", optional=True),
     Input("days_since_purchase", 0, _TEN_YEARS, 0, "days from the last purchase to now", optional=True),
     Input("days_since_add_to_cart", 0, _TEN_YEARS, 0, "days from the last add_to_cart to now", optional=True),
+    Input("days_since_install", 0, _TEN_YEARS, 0, "days from the latest app install to now", optional=True),
     Input("cart_open", 0, 1, 0, "1 if items were added to the cart after the last purchase"),
     Input("cart_size", 0, 200, 0, "open cart items"),
     Input("cart_value", 0, 1e6, 0, "value of the open cart (currency units)"),
@@ -183,6 +184,8 @@ def model_inputs(state: UserState, now_ms: int) -> dict[str, float]:
         out["days_since_purchase"] = (now_ms - state.last_purchase_ts) / DAY_MS
     if state.last_add_to_cart_ts is not None:
         out["days_since_add_to_cart"] = (now_ms - state.last_add_to_cart_ts) / DAY_MS
+    if state.installed_at is not None:
+        out["days_since_install"] = max(0.0, (now_ms - state.installed_at) / DAY_MS)
     # Open cart: added after the last purchase (as features.state does), and by now.
     last_purchase = state.last_purchase_ts
     open_items = [

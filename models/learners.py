@@ -9,21 +9,20 @@ input the same way. What was repaired is counted in `repairs` (by reason)
 for a metric. Wrappers pickle with their model, so a snapshot carries them
 whole.
 
-- `Classifier`: `predict` is P(y = 1). With `balance=True` each example is
-  weighted by n / (2 n_class) from running class counts (the "balanced"
-  class weight), so a rare class pulls as hard as a common one; this needs
-  a model whose `learn_one` takes `w` (linear models, Hoeffding trees).
+- `Classifier`: `predict` is P(y = 1). Examples are not re-weighted by
+  class: with labels two weeks late, weighting the first few positives up
+  made the early models swing (models/churn.py has the figures).
 - `Regressor`: learns on log1p(y) and predicts expm1 of that, never below 0:
   spend is heavy-tailed, and a squared loss on the raw scale would chase the
   few big spenders. (Its predictions are so nearer a median than a mean, which
-  suits MAE, the metric we report.)
+  suits MAE, the metric we report.) Optionally as a correction to a prior.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from models.inputs import INPUTS, Input, sanitise
@@ -60,11 +59,6 @@ class _Sanitising:
 class Classifier(_Sanitising):
     """A River binary classifier behind `Learner`: predict() is P(y = 1)."""
 
-    def __init__(self, model: Any, *, balance: bool = False, inputs: Sequence[Input] = INPUTS) -> None:
-        super().__init__(model, inputs=inputs)
-        self.balance = balance
-        self.class_counts = [0, 0]
-
     def predict(self, x: Mapping[str, float]) -> float:
         proba = self.model.predict_proba_one(self._clean(x))
         p = float(proba.get(True, 0.0))
@@ -72,22 +66,29 @@ class Classifier(_Sanitising):
         return p if proba else 0.5
 
     def learn(self, x: Mapping[str, float], y: float) -> None:
-        label = bool(y >= 0.5)
-        self.class_counts[label] += 1
         self.n_learned += 1
-        clean = self._clean(x)
-        if self.balance:
-            n = self.n_learned
-            self.model.learn_one(clean, label, w=n / (2 * self.class_counts[label]))
-        else:
-            self.model.learn_one(clean, label)
+        self.model.learn_one(self._clean(x), bool(y >= 0.5))
 
 
 class Regressor(_Sanitising):
-    """A River regressor behind `Learner`, on a log1p scale; predictions are >= 0."""
+    """A River regressor behind `Learner`, on a log1p scale; predictions are >= 0.
+
+    With a `prior` (a function of the sanitised inputs, module-level so it
+    pickles), the model learns the correction to it on the log scale,
+    log1p(y) - log1p(prior(x)): untrained, it predicts the prior, not 0. That
+    matters when labels take long to arrive (30 days for customer value).
+    """
+
+    def __init__(self, model: Any, *, prior: Callable[[Mapping[str, float]], float] | None = None) -> None:
+        super().__init__(model)
+        self.prior = prior
+
+    def _offset(self, clean: Mapping[str, float]) -> float:
+        return 0.0 if self.prior is None else math.log1p(max(0.0, self.prior(clean)))
 
     def predict(self, x: Mapping[str, float]) -> float:
-        raw = float(self.model.predict_one(self._clean(x)))
+        clean = self._clean(x)
+        raw = float(self.model.predict_one(clean)) + self._offset(clean)
         if not math.isfinite(raw):
             return 0.0
         return math.expm1(min(max(raw, 0.0), 50.0))
@@ -97,4 +98,5 @@ class Regressor(_Sanitising):
             self.repairs["bad_target"] += 1
             return
         self.n_learned += 1
-        self.model.learn_one(self._clean(x), math.log1p(max(y, 0.0)))
+        clean = self._clean(x)
+        self.model.learn_one(clean, math.log1p(max(y, 0.0)) - self._offset(clean))

@@ -383,14 +383,17 @@ class UserStateUpdater:
         self.resync_due = False
         started = time.perf_counter()
         owned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic in self.settings.input_topics}
-        now_ms = int(time.time() * 1000)
         partitions = self.config.partitions
         writes = []
+        models = self.models
         for key in list(self.table.data.keys()):
             if expected_partition(key, partitions) in owned:
                 state = self.states.get(key.decode())
                 if state is not None:
-                    writes.append(user_write(state, self.config, now_ms))
+                    write = user_write(state)
+                    if models is not None:  # the scores go back too, as of the event clock
+                        write.fields.update(models.fields(state, models.clock.current, rescored=True))
+                    writes.append(write)
         written = 0
         for i in range(0, len(writes), _RESYNC_CHUNK):
             written += await self.store.write(writes[i : i + _RESYNC_CHUNK])

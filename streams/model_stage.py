@@ -169,7 +169,6 @@ class ModelStage:
                 self._exposures(state),
                 at_ms=at,
                 offer_id=event.offer_id,
-                categories=[i.category for i in event.items if i.category],
                 config=self.bandit_config,
             )
             state.models[_EXPOSURES] = exposures

@@ -21,8 +21,8 @@ Stages, for each message in order:
 
 then once per user the batch touched:
 
-4. score: the models' place (`StepConfig.scorers`): each scorer maps the
-   user's state and `now_ms` to extra hash fields;
+4. score: with a model stage (streams/model_stage.py), the user's churn,
+   value, RFM, tier and offer fields as of the event-time watermark;
 5. emit: one store write per touched user, and the user's changelog entry
    made due: its key and partition (the value is the state itself, which the
    shell serialises when it writes the changelog; `changelog_value`).
@@ -36,7 +36,7 @@ the returned ones. Everything else in the result is new.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -52,7 +52,6 @@ from streams.model_stage import ModelOutput, ModelStage
 __all__ = [
     "InputMessage",
     "OutputMessage",
-    "Scorer",
     "StateLookup",
     "StepConfig",
     "StepResult",
@@ -91,10 +90,6 @@ class StateLookup(Protocol):
     def get(self, user_id: str, /) -> UserState | None: ...
 
 
-# A scorer maps a user's state and "now" (epoch ms) to extra hash fields.
-Scorer = Callable[[UserState, int], Mapping[str, str]]
-
-
 @dataclass(frozen=True, slots=True)
 class StepConfig:
     """What the step needs to know besides its input (from `Settings`)."""
@@ -105,10 +100,9 @@ class StepConfig:
     fold: FoldConfig = FoldConfig()
     max_event_bytes: int = 64 * 1024
     max_future_ms: int = 7 * 86_400_000
-    scorers: tuple[Scorer, ...] = ()
 
     @classmethod
-    def from_settings(cls, settings: Any, *, scorers: tuple[Scorer, ...] = ()) -> StepConfig:
+    def from_settings(cls, settings: Any) -> StepConfig:
         return cls(
             partitions=settings.partitions,
             rekeyed_topic=settings.topic_rekeyed,
@@ -116,7 +110,6 @@ class StepConfig:
             fold=FoldConfig.from_settings(settings),
             max_event_bytes=settings.max_event_bytes,
             max_future_ms=settings.max_future_ms,
-            scorers=scorers,
         )
 
 
@@ -246,12 +239,9 @@ def step(
     return result
 
 
-def user_write(state: UserState, config: StepConfig, now_ms: int) -> UserWrite:
-    """Stage 4 for one user: its features, scored, as a store write."""
-    fields = state.features()
-    for scorer in config.scorers:
-        fields.update(scorer(state, now_ms))
-    return UserWrite(state.user_id, state.events_total, fields)
+def user_write(state: UserState) -> UserWrite:
+    """One user's features as a store write (the model stage adds its scores)."""
+    return UserWrite(state.user_id, state.events_total, state.features())
 
 
 def changelog_value(state: UserState) -> bytes:
@@ -267,7 +257,7 @@ def _emit(
     for uid, state in result.states.items():
         key = uid.encode()
         result.changelog.append((key, expected_partition(key, config.partitions)))
-        write = user_write(state, config, now_ms)
+        write = user_write(state)
         if models is not None and model_out is not None:
             write.fields.update(models.fields(state, model_out.watermark, rescored=uid in model_out.swept))
         result.writes.append(write)

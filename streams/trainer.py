@@ -41,7 +41,7 @@ from kafka.errors import KafkaError
 from prometheus_client import start_http_server
 
 from models.bandit import BanditReward
-from models.bundle import ModelBundle, bundle_from_snapshot, learn_example, learn_reward, new_bundle, refresh_cuts
+from models.bundle import ModelBundle, bundle_from_snapshot, learn_example, learn_reward, new_bundle, next_version
 from models.labels import Example
 from models.offers import load_offers
 from models.snapshot import Snapshot, SnapshotRefused, open_snapshot, seal
@@ -339,10 +339,7 @@ class _Trainer:
     def publish(self, producer: KafkaProducer) -> None:
         bundle = self.bundle
         assert bundle is not None
-        refresh_cuts(bundle)
-        version = bundle.version + 1
-        bundle.version = version
-        bundle.bandit.version = f"nbo-{version}"
+        version = next_version(bundle)
         created_at = int(time.time() * 1000)
         meta = {
             "created_at": created_at,

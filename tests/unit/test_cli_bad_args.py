@@ -163,6 +163,12 @@ CASES = [
     # --- bench -------------------------------------------------------------------------------------
     case(["models"], 1, "NUDGE_MODEL_KEY is not set"),
     case(["models", "--jsn"], 2, "unrecognized arguments: --jsn"),
+    # --- eval ----------------------------------------------------------------------------------------
+    case(["eval", "--users", "5"], 2, "--users: expected an integer 10..100000, got '5'"),
+    case(["eval", "--days", "7"], 2, "--days: expected an integer 20..365, got '7'"),
+    case(["eval", "--dataset", "uci"], 2, "--dataset: invalid choice: 'uci'"),
+    case(["eval", "--churn-model", "svm"], 2, "--churn-model: invalid choice: 'svm'"),
+    case(["eval", "--out", "{tmp}/missing/r.json"], 2, "directory {tmp}/missing does not exist"),
     case(["bench"], 2, "the following arguments are required: NAME"),
     case(["bench", "nope"], 2, "invalid choice: 'nope'"),
     case(["bench", "produce", "--out-dir", "/proc/version"], 2, "--out-dir: cannot write into /proc/version: "

@@ -56,6 +56,10 @@ def test_any_floats_sanitise_to_finite_values_within_bounds(values: dict[str, fl
         if spec.name in values and math.isfinite(values[spec.name]) and not spec.lo <= values[spec.name] <= spec.hi
     )
     assert repairs["unknown"] == sum(1 for k in values if k not in NAMES)
+    # The stage sanitises what an observation keeps, the learner sanitises again: a second
+    # pass must change nothing (it used to read a filled-in default as a real value).
+    again, second = sanitise(clean)
+    assert again == clean and second["unknown"] == second["clipped"] == second["non_finite"] == 0
 
 
 def test_missing_is_filled_the_same_way_wherever_it_happens() -> None:

@@ -60,6 +60,18 @@ def test_clv_learners_learn_spend(kind: Any) -> None:
     assert all(learner.predict({"spend_30d": v}) >= 0 for v in (0.0, 1e9, -5.0))
 
 
+def test_an_untrained_value_model_predicts_its_prior_and_learns_the_correction() -> None:
+    """Value labels take 30 days: until then the prior (last month's spend) is the answer, not 0."""
+    learner = clv.learner("linear")
+    assert learner.predict({"spend_30d": 120.0}) == pytest.approx(120.0)
+    assert learner.predict({"spend_30d": 0.0}) == 0.0
+    rng = random.Random(5)
+    for _ in range(3000):  # every user spends half of what they did
+        past = rng.uniform(20, 400)
+        learner.learn({"spend_30d": past}, past / 2)
+    assert learner.predict({"spend_30d": 200.0}) == pytest.approx(100.0, rel=0.2)
+
+
 class _Spy:
     """A stand-in River model that records what reaches it."""
 
@@ -98,20 +110,6 @@ def test_regressor_skips_a_non_finite_target() -> None:
     learner.learn({}, math.nan)
     assert spy.seen == [] and learner.repairs["bad_target"] == 1
     assert learner.predict({}) == pytest.approx(5.0)
-
-
-def test_balanced_classifier_weights_the_rare_class_up() -> None:
-    weights: list[tuple[bool, float]] = []
-
-    class Recorder(_Spy):
-        def learn_one(self, x: dict[str, float], y: Any, w: float = 1.0) -> None:
-            weights.append((y, w))
-
-    learner = Classifier(Recorder(), balance=True)
-    for y in [0, 0, 0, 1]:
-        learner.learn({}, y)
-    assert weights[-1] == (True, 2.0)  # 4 examples, 1 positive: 4 / (2 * 1)
-    assert weights[2] == (False, 0.5)  # 3 examples, 3 negatives
 
 
 def test_unknown_kinds_are_refused() -> None:

@@ -182,15 +182,6 @@ def test_one_changelog_entry_and_one_write_per_touched_user() -> None:
     assert result.first_seen_at == [1_700_000_000.0] * 3
 
 
-def test_scorers_add_their_fields_to_each_write() -> None:
-    def churn(state: UserState, now_ms: int) -> dict[str, str]:
-        return {"churn_score": f"{(now_ms - (state.last_event_ts or 0)) / DAY_MS:.0f}", "churn_model_version": "7"}
-
-    result = run([msg_of(make("a", "app_open", T0))], scorers=(churn,))
-    assert result.writes[0].fields["churn_score"] == "30"
-    assert result.writes[0].fields["churn_model_version"] == "7"
-
-
 # --- the property: batching and interleaving never change the result ----------------
 
 
