@@ -82,16 +82,20 @@ class Regressor(_Sanitising):
     def __init__(self, model: Any, *, prior: Callable[[Mapping[str, float]], float] | None = None) -> None:
         super().__init__(model)
         self.prior = prior
+        # The largest target learned (log scale): an online linear model can extrapolate
+        # wildly on inputs unlike any it learned from, so predictions stay within what was seen.
+        self.ceiling = 0.0
 
     def _offset(self, clean: Mapping[str, float]) -> float:
         return 0.0 if self.prior is None else math.log1p(max(0.0, self.prior(clean)))
 
     def predict(self, x: Mapping[str, float]) -> float:
         clean = self._clean(x)
-        raw = float(self.model.predict_one(clean)) + self._offset(clean)
+        offset = self._offset(clean)
+        raw = float(self.model.predict_one(clean)) + offset
         if not math.isfinite(raw):
-            return 0.0
-        return math.expm1(min(max(raw, 0.0), 50.0))
+            raw = offset
+        return math.expm1(min(max(raw, 0.0), max(self.ceiling, offset)))
 
     def learn(self, x: Mapping[str, float], y: float) -> None:
         if not math.isfinite(y):
@@ -99,4 +103,6 @@ class Regressor(_Sanitising):
             return
         self.n_learned += 1
         clean = self._clean(x)
-        self.model.learn_one(clean, math.log1p(max(y, 0.0)) - self._offset(clean))
+        target = math.log1p(max(y, 0.0))
+        self.ceiling = max(self.ceiling, target)
+        self.model.learn_one(clean, target - self._offset(clean))

@@ -109,6 +109,8 @@ def test_regressor_skips_a_non_finite_target() -> None:
     learner = Regressor(spy)
     learner.learn({}, math.nan)
     assert spy.seen == [] and learner.repairs["bad_target"] == 1
+    assert learner.predict({}) == 0.0  # nothing learned: no prediction above the largest target seen
+    learner.learn({}, 9.0)
     assert learner.predict({}) == pytest.approx(5.0)
 
 
