@@ -8,6 +8,8 @@ the stream worker that `nudge bench pipeline` needs.
 - produce   raw Kafka ceiling vs simulator -> Kafka vs replay -> Kafka (bench/produce.py)
 - collect   the HTTP collector against the raw producer rate (bench/collect.py)
 - pipeline  end-to-end events -> Redis state throughput and latency (bench/pipeline.py)
+
+`nudge eval` (bench/evaluate.py) lives here too: it drives the same parts in one process.
 """
 
 from __future__ import annotations

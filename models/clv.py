@@ -7,40 +7,64 @@ the last 30 days' spend (`last_month_spend`, also the baseline we report):
 a value label takes 30 days of event time to arrive, and until the first
 ones do, a model that predicts the prior is as good as the baseline instead
 of predicting nothing (on a 60-day run, the evaluation days before day 30
-see no value label at all). Two candidates for the correction:
+see no value label at all).
 
-- `linear()`: StandardScaler | LinearRegression(Adam): cheap, and on a log
-  scale nearly as good as anything when spend follows past spend.
-- `tree()`: a Hoeffding Adaptive Tree regressor with linear leaves: catches
-  thresholds (a user with no purchase in 30 days spends ~0) at a few times
-  the cost.
+The correction reads five inputs on a log scale (`value_features`: last
+month's spend and orders, last week's orders and events, recency) and learns
+slowly (SGD, 0.001): the mean absolute error rewards predicting the median,
+most months' spend is far below the last one's, and with all the inputs or
+a faster rate the model chased the big spenders (measured with `nudge eval`
+on 1,000 users over 120 days: MAE 773 with these, 1,570 with every input and
+Adam, against 830 for last month's spend). Candidates:
+
+- `linear()`: the above.
+- `tree()`: a Hoeffding Adaptive Tree regressor with linear leaves, over the
+  same features.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
-from river import linear_model, optim, preprocessing, tree
+from river import compose, linear_model, optim, preprocessing, tree
 
 from models.learners import Regressor
 
-__all__ = ["last_month_spend", "learner", "linear", "tree_model"]
+__all__ = ["VALUE_INPUTS", "last_month_spend", "learner", "linear", "tree_model", "value_features"]
 
 Kind = Literal["linear", "tree"]
 
 
-def linear(lr: float = 0.01, l2: float = 1e-4) -> Any:
-    """StandardScaler | LinearRegression(Adam(lr), L2) on log1p(spend)."""
-    return preprocessing.StandardScaler() | linear_model.LinearRegression(
-        optimizer=optim.Adam(lr), l2=l2, intercept_lr=lr
+# Inputs of the value correction, read as log1p.
+VALUE_INPUTS: Final = ("spend_30d", "purchases_30d", "purchases_7d", "events_7d", "recency_days")
+
+
+def value_features(x: Mapping[str, float]) -> dict[str, float]:
+    """What the value correction sees (a module-level function: it pickles by name).
+
+    >>> value_features({"spend_30d": math.e - 1})["spend_30d"]
+    1.0
+    """
+    return {name: math.log1p(max(0.0, x.get(name, 0.0))) for name in VALUE_INPUTS}
+
+
+def linear(lr: float = 0.001) -> Any:
+    """Value features | StandardScaler | LinearRegression(SGD(lr)) on the log scale."""
+    return (
+        compose.FuncTransformer(value_features)
+        | preprocessing.StandardScaler()
+        | linear_model.LinearRegression(optimizer=optim.SGD(lr), intercept_lr=lr)
     )
 
 
 def tree_model(seed: int = 42) -> Any:
-    """A Hoeffding Adaptive Tree regressor with model leaves."""
-    return preprocessing.StandardScaler() | tree.HoeffdingAdaptiveTreeRegressor(
-        grace_period=100, leaf_prediction="model", seed=seed
+    """Value features | a Hoeffding Adaptive Tree regressor with model leaves."""
+    return (
+        compose.FuncTransformer(value_features)
+        | preprocessing.StandardScaler()
+        | tree.HoeffdingAdaptiveTreeRegressor(grace_period=100, leaf_prediction="model", seed=seed)
     )
 
 
