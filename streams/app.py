@@ -57,6 +57,7 @@ TABLE_NAME = "user-state"
 _CODEC = "nudge-user-state"
 _HEALTH_CHECK_S = 2.0
 _RESYNC_CHUNK = 2000
+_IDLE_SWEEP_S = 1.0  # with models: how long the input may be quiet before due users are swept anyway
 _FLUSH_SLICE = 200  # changelog entries serialised and produced between yields
 faust_internals.register_codec(_CODEC, UserState.from_json)
 
@@ -319,7 +320,12 @@ class UserStateUpdater:
         inflight: asyncio.Future[None] | None = None
         flusher = asyncio.ensure_future(self._flush_every())
         try:
-            async for events in batches(stream, self.settings.batch_max, self.settings.batch_within_s):
+            # With models, an idle second yields an empty batch: due users are still swept in
+            # (a replay that just ended leaves every score as of its last event).
+            idle_s = _IDLE_SWEEP_S if self.models is not None else None
+            async for events in batches(stream, self.settings.batch_max, self.settings.batch_within_s, idle_s):
+                if not events and (self.models is None or not self.models.backlog()):
+                    continue
                 stepped = self.prepare(events)
                 if inflight is not None:
                     await inflight
@@ -392,7 +398,7 @@ class UserStateUpdater:
                 if state is not None:
                     write = user_write(state)
                     if models is not None:  # the scores go back too, as of the event clock
-                        write.fields.update(models.fields(state, models.clock.current, rescored=True))
+                        write.fields.update(models.fields(state, models.clock.current, with_offer=True))
                     writes.append(write)
         written = 0
         for i in range(0, len(writes), _RESYNC_CHUNK):
@@ -420,7 +426,8 @@ class UserStateUpdater:
             m.events.labels(topic, "refused").inc(n)
             log.info("refused %d messages of %s: out of order, folded already or no longer ours", n, topic)
         m.stage_seconds.labels("step").observe(batch.stepped - batch.started)
-        m.batch_size.observe(len(batch.events))
+        if batch.events:  # an idle sweep (models) is not a batch of input
+            m.batch_size.observe(len(batch.events))
         m.batch_seconds.observe(time.perf_counter() - batch.started)
         m.last_batch.set(now)
 

@@ -30,9 +30,12 @@ from faust.types import EventT
 __all__ = ["ack", "batches"]
 
 
-async def batches(stream: Any, max_events: int, within_s: float) -> AsyncIterator[list[EventT[Any]]]:
+async def batches(
+    stream: Any, max_events: int, within_s: float, idle_s: float | None = None
+) -> AsyncIterator[list[EventT[Any]]]:
     """Yield lists of up to `max_events` events, waiting at most `within_s`
-    after the first one for more. Ack each list with `ack` once processed."""
+    after the first one for more. Ack each list with `ack` once processed.
+    With `idle_s`, an empty list comes after that long without any event."""
     channel = aiter(stream.channel)  # subscribes the agent's topics, as a Stream would
     queue = channel.queue
     app = stream.app
@@ -50,7 +53,14 @@ async def batches(stream: Any, max_events: int, within_s: float) -> AsyncIterato
 
     while True:
         try:
-            events: list[EventT[Any]] = [track(await queue.get())]
+            if idle_s is None:
+                events: list[EventT[Any]] = [track(await queue.get())]
+            else:
+                try:
+                    events = [track(await asyncio.wait_for(queue.get(), idle_s))]
+                except TimeoutError:
+                    yield []
+                    continue
         except StopAsyncIteration:
             return  # Faust ends the channel when the agent stops: end cleanly
         deadline = loop.time() + within_s

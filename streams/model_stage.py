@@ -30,9 +30,13 @@ Rescoring "as of now": a silent user sends no event, yet its churn risk grows
 with every day of silence. So every user is due again one `rescore_every_ms`
 of event time (a day) after it was last scored, at a boundary offset per user
 so the load spreads over the day; and a new snapshot starts a pass that
-rescores every user once with the new models. The sweep takes at most
-`max_sweep_per_batch` users per batch (the rest stay due for the next), so a
-day boundary of a million users or a snapshot never stalls a batch.
+rescores every user once with the new models. The sweep takes at most as
+many users per batch as the batch has events (`min_sweep_per_batch` at
+least; the rest stay due for the next), so a replay racing through months of
+event time, a day boundary of a million users or a snapshot never stalls a
+batch; when the input goes quiet the shell runs empty batches while
+`backlog()` says users are due, so a replay still ends with every score as
+of its last event.
 
 Known open (issue 9): against a real Kafka, the worker's examples differ from
 a time-ordered, one-batch reference of the same log by up to ~13 % of ids, and
@@ -105,13 +109,15 @@ class ModelStage:
     tiers: Tiers | None = None
     # Every user is rescored this long (event time) after its last score, even if silent.
     rescore_every_ms: int = 86_400_000
-    # Users swept in per batch at most (due labels, rescores, a new snapshot's pass); the rest wait.
-    max_sweep_per_batch: int = 2_000
+    # Users swept in per batch (due labels, rescores, a new snapshot's pass): as many as the batch
+    # has events, and at least this many; the rest wait for the next batch.
+    min_sweep_per_batch: int = 200
     _due: list[tuple[int, str]] = field(default_factory=list)  # (event time, user) heap; stale entries skipped
     _next_due: dict[str, int] = field(default_factory=dict)
     _new_bundle: bool = False  # set by `use` (any thread), acted on by `finish` (the step's thread)
     _pass: list[str] = field(default_factory=list)  # users still to rescore with the newest snapshot
     _first_sight: set[str] = field(default_factory=set)  # users this process had not tracked before the batch
+    _offer_due: set[str] = field(default_factory=set)  # users a snapshot's pass rescored: choose their offer again
 
     # --- per event ----------------------------------------------------------------------------
 
@@ -176,8 +182,10 @@ class ModelStage:
 
     # --- per batch ----------------------------------------------------------------------------
 
-    def finish(self, out: ModelOutput, touched: Mapping[str, UserState], states: StateLookup, now_ms: int) -> None:
-        """Advance to the watermark; call once per batch after every `on_event`."""
+    def finish(
+        self, out: ModelOutput, touched: Mapping[str, UserState], states: StateLookup, now_ms: int, events: int = 0
+    ) -> None:
+        """Advance to the watermark; call once per batch (of `events` messages) after every `on_event`."""
         watermark = self.clock.watermark(wall_ms=now_ms)
         out.watermark = watermark
         if watermark is None:
@@ -190,7 +198,7 @@ class ModelStage:
             self._new_bundle = False
             if not self._pass:  # a pass under way goes on with the newer models
                 self._pass = list(self._next_due)
-        budget = self.max_sweep_per_batch
+        budget = max(self.min_sweep_per_batch, events)
         while budget > 0 and self._due and self._due[0][0] <= watermark:
             due, uid = heapq.heappop(self._due)
             if self._next_due.get(uid) != due or uid in touched or uid in out.swept:
@@ -200,23 +208,32 @@ class ModelStage:
         while budget > 0 and self._pass:
             uid = self._pass.pop()
             if uid not in touched and uid not in out.swept:
+                self._offer_due.add(uid)
                 budget -= self._sweep(uid, states, watermark, out)
 
-    def fields(self, state: UserState, watermark: int | None, *, rescored: bool = False) -> dict[str, str]:
+    def backlog(self) -> bool:
+        """Users due now (as of the last watermark) that a batch budget left for later."""
+        if self._pass:
+            return True
+        now = self.clock.current
+        return now is not None and bool(self._due) and self._due[0][0] <= now
+
+    def fields(self, state: UserState, watermark: int | None, *, with_offer: bool = False) -> dict[str, str]:
         """The user's score fields "as of now": the watermark, never before the user's own latest event.
 
         The next-best offer costs several times the rest (one posterior per
-        offer), so it is chosen when the user is `rescored` by the sweep (daily,
-        and with each new snapshot) and when this process first sees the user,
-        not on every event; the hash keeps the last choice in between.
+        offer), so it is chosen when this process first sees the user, when a
+        new snapshot's pass rescores it, and `with_offer`; not on every event
+        nor at the daily rescore. The hash keeps the last choice in between.
         """
-        first = state.user_id in self._first_sight
-        if first:
-            self._first_sight.discard(state.user_id)
+        uid = state.user_id
+        offer = with_offer or uid in self._first_sight or uid in self._offer_due
+        self._first_sight.discard(uid)
+        self._offer_due.discard(uid)
         if self.bundle is None or self.tiers is None:
             return {}
         now = max(watermark or 0, state.as_of or 0)
-        return score(self.bundle, state, now, self.tiers, with_offer=rescored or first)
+        return score(self.bundle, state, now, self.tiers, with_offer=offer)
 
     def track(self, states: Iterable[UserState]) -> None:
         """Put users' coming deadlines in the due index (after recovery or an assignment)."""

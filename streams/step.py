@@ -187,7 +187,9 @@ def step(
     partitions = config.partitions
     rekeyed_topic = config.rekeyed_topic
     fold_config = config.fold
+    n_messages = 0
     for message in messages:
+        n_messages += 1
         topic = message.topic
         try:
             parsed = parse_event(
@@ -230,7 +232,7 @@ def step(
             continue
         counts[topic, outcome.value] = counts.get((topic, outcome.value), 0) + 1
     if model_out is not None and models is not None:
-        models.finish(model_out, touched, states, now_ms)
+        models.finish(model_out, touched, states, now_ms, events=n_messages)
         result.examples, result.rewards = model_out.examples, model_out.rewards
         for uid, state in model_out.swept.items():
             touched.setdefault(uid, state)  # its labels moved: a changelog entry and a write
@@ -259,7 +261,7 @@ def _emit(
         result.changelog.append((key, expected_partition(key, config.partitions)))
         write = user_write(state)
         if models is not None and model_out is not None:
-            write.fields.update(models.fields(state, model_out.watermark, rescored=uid in model_out.swept))
+            write.fields.update(models.fields(state, model_out.watermark))
         result.writes.append(write)
         if state.as_of is not None and (watermark is None or state.as_of > watermark):
             watermark = state.as_of

@@ -276,6 +276,8 @@ class _Trainer:
         self.summary.resumed_version = self.summary.version = snapshot.version
         self.metrics.snapshot_version.set(snapshot.version)
         self.metrics.set_quality(bundle.quality)
+        self.metrics.set_repairs("churn", bundle.churn.repairs)
+        self.metrics.set_repairs("clv", bundle.clv.repairs)
         log.info(
             "resumed from snapshot v%d: learned %s, offsets %s",
             snapshot.version,
@@ -366,6 +368,8 @@ class _Trainer:
         self.metrics.snapshot_timestamp.set(created_at / 1000)
         self.metrics.snapshot_bytes.set(len(blob))
         self.metrics.set_quality(bundle.quality)
+        self.metrics.set_repairs("churn", bundle.churn.repairs)
+        self.metrics.set_repairs("clv", bundle.clv.repairs)
         q = bundle.quality
         log.info(
             "snapshot v%d: %s bytes sealed in %.0f ms, sent in %.0f ms; learned %s; churn AUC %s (baseline %s), "

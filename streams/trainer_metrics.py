@@ -62,10 +62,21 @@ class TrainerMetrics:
             ["model", "metric"],
             registry=r,
         )
+        self.input_repairs = Gauge(
+            "nudge_trainer_input_repairs",
+            "Inputs the models' gate repaired (missing, non_finite, clipped, unknown), by model; "
+            "cumulative over the models' life (kept in the snapshot)",
+            ["model", "reason"],
+            registry=r,
+        )
         for reason in REFUSAL_REASONS:
             self.refused.labels(reason)
         for target in ("churn", "clv_30d"):
             self.examples.labels(target)
+
+    def set_repairs(self, model: str, repairs: Mapping[str, int]) -> None:
+        for reason, count in repairs.items():
+            self.input_repairs.labels(model, reason).set(count)
 
     def set_quality(self, quality: Mapping[str, float]) -> None:
         for key, value in quality.items():

@@ -95,6 +95,17 @@ def test_waits_for_late_events_within_the_window_only() -> None:
     assert asyncio.run(scenario()) == ([0, 1], [2])
 
 
+def test_with_an_idle_tick_a_quiet_input_yields_empty_batches_and_events_still_come_whole() -> None:
+    async def scenario() -> list[list[int]]:
+        stream = _stream()
+        queue = stream.channel.queue
+        it = batches(stream, 100, within_s=0.05, idle_s=0.1).__aiter__()
+        asyncio.get_running_loop().call_later(0.25, queue.put_nowait, _event("clicks", 9))
+        return [[e.message.offset for e in await it.__anext__()] for _ in range(3)]
+
+    assert asyncio.run(scenario()) == [[], [], [9]]
+
+
 def test_taken_messages_are_tracked_until_acked() -> None:
     async def scenario() -> None:
         stream = _stream()

@@ -175,25 +175,32 @@ def test_a_new_snapshot_rescores_every_user_within_the_sweep_budget_per_batch() 
     from models.bundle import new_bundle
 
     stage, states = _with_bundle(), {}
-    stage.max_sweep_per_batch = 2
-    batch(stage, states, *(make(f"u{i}", "page_view", T0, user=u) for i, u in enumerate((A, B, C))))
+    stage.min_sweep_per_batch = 2  # and a one-event batch: two users swept per batch
+    batch(stage, states, *tick("t0", T0), *(make(f"u{i}", "page_view", T0, user=u) for i, u in enumerate((A, B, C))))
     quiet = T0 + HOUR_MS  # no daily boundary passes: only the snapshot's pass rescores
-    assert set(_scored(stage, states, *tick("q0", quiet))) == {CLOCK}
+    assert set(_scored(stage, states, make("q0", "app_open", quiet, user=CLOCK))) == {CLOCK}
+    assert not stage.backlog()
     fresh = new_bundle(list(CATALOG))
     fresh.version = 7
     stage.use(fresh)
-    first = _scored(stage, states, *tick("q1", quiet + 1))
-    second = _scored(stage, states, *tick("q2", quiet + 2))
-    assert len(set(first) - {CLOCK}) == 2 and len(set(second) - {CLOCK}) == 1  # two, then the last one
-    assert set(first) | set(second) == {A, B, C, CLOCK}
+    first = _scored(stage, states, make("q1", "app_open", quiet + 1, user=CLOCK))
+    assert stage.backlog()  # one left: an idle batch of the shell would take it
+    second = _scored(stage, states)
+    assert len(set(first) - {CLOCK}) == 2 and set(second) - {CLOCK} == {A, B, C} - set(first)
     assert {f["models_version"] for f in (*first.values(), *second.values())} == {"7"}
+    assert all(f["nbo_offer"] in CATALOG for uid, f in (*first.items(), *second.items()) if uid != CLOCK)
+    assert not stage.backlog()
 
 
-def test_the_offer_is_chosen_at_first_sight_and_at_rescores_not_on_every_event() -> None:
+def test_the_offer_is_chosen_at_first_sight_and_with_new_models_not_on_every_event() -> None:
+    from models.bundle import new_bundle
+
     stage, states = _with_bundle(), {}
     first = _scored(stage, states, make("a1", "page_view", T0, user=A))
     assert first[A]["nbo_offer"] in CATALOG and 0.0 <= float(first[A]["nbo_score"]) <= 1.0
     again = _scored(stage, states, make("a2", "page_view", T0 + HOUR_MS, user=A))
     assert "nbo_offer" not in again[A] and "churn_score" in again[A]
-    later = _scored(stage, states, *tick("d2", T0 + 2 * DAY_MS))  # A's daily rescore
-    assert later[A]["nbo_offer"] in CATALOG
+    daily = _scored(stage, states, *tick("d2", T0 + 2 * DAY_MS))  # A's daily rescore: the cheap fields only
+    assert "churn_score" in daily[A] and "nbo_offer" not in daily[A]
+    stage.use(new_bundle(list(CATALOG)))
+    assert _scored(stage, states, *tick("d3", T0 + 2 * DAY_MS + 1))[A]["nbo_offer"] in CATALOG
