@@ -101,10 +101,21 @@ def _scoped(settings: Settings, tag: str, **extra: Any) -> Settings:
 
 
 def _messages(settings: Settings, events: int, users: int) -> list[tuple[str, bytes, bytes]]:
+    """The simulator's first `events`, moved in event time to end now.
+
+    The latency run that follows stamps its events with the wall clock: were
+    the first ones left in the simulator's past, event time would jump weeks
+    between the runs, and the models would resolve every label and rescore
+    every user at once (a worker back after weeks down, not the steady state
+    the latency run measures).
+    """
     from producers.simulator import generate
 
+    head = list(itertools.islice(generate(users, 60, seed=42), events))
+    shift = int(time.time() * 1000) - head[-1]["ts"] if head else 0
     out = []
-    for ev in itertools.islice(generate(users, 60, seed=42), events):
+    for ev in head:
+        ev["ts"] += shift
         topic = topic_for_event_type(settings, ev["type"])
         assert topic is not None
         out.append((topic, ev["user_id"].encode(), orjson.dumps(ev)))
