@@ -371,8 +371,8 @@ def report(result: EvalRun) -> dict[str, Any]:
             "events_per_s": round(result.events / result.seconds) if result.seconds else None,
             "learned": dict(result.bundle.learned),
             "models": {
-                "churn": type(result.bundle.churn.model).__name__,
-                "clv": type(result.bundle.clv.model).__name__,
+                "churn": _model_name(result.bundle.churn.model),
+                "clv": _model_name(result.bundle.clv.model),
             },
         },
         "churn": {
@@ -397,6 +397,14 @@ def report(result: EvalRun) -> dict[str, Any]:
     }
     out["targets"] = _targets(out)
     return out
+
+
+def _model_name(model: Any) -> str:
+    """A River model's name; a pipeline's as its steps joined by " | "."""
+    steps = getattr(model, "steps", None)
+    if steps:
+        return " | ".join(type(step).__name__ for step in steps.values())
+    return type(model).__name__
 
 
 def _nbo(days: Sequence[_Day], truth: Mapping[str, Any] | None) -> dict[str, Any]:

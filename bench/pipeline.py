@@ -586,9 +586,9 @@ def _plot(results: dict[str, Any], latencies: list[int], timeline: list[tuple[in
     over_time.set_title("When the slow ones were sent")
     costs = results.get("step_cost", [])
     cost.bar(
-        [f"step, batch {c['batch']:,}" for c in costs] + ["orjson.loads"],
+        [f"{'+ models' if c.get('models') else 'step'},\nbatch {c['batch']:,}" for c in costs] + ["orjson.loads"],
         [c["step_us_per_event"] for c in costs] + [costs[0]["orjson_loads_us_per_event"] if costs else 0],
-        color=["tab:blue"] * len(costs) + ["grey"],
+        color=["tab:orange" if c.get("models") else "tab:blue" for c in costs] + ["grey"],
     )
     cost.axhline(25, color="tab:red", linestyle="--", label="aim 25 us")
     cost.set_ylabel("microseconds per event")
