@@ -128,6 +128,9 @@ class PendingLabels:
     user_id: str | None = None
     last_observed_at: int | None = None
     observations: tuple[Observation, ...] = ()
+    # to_dict's result: the object never changes, and a user's state is written on every
+    # flush that touches the user, usually with the same pending labels as the last time.
+    _plain: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON for the user's state (versioned, so the shape can evolve).
@@ -137,12 +140,22 @@ class PendingLabels:
         observation's values in that order (None where it had no such input),
         and empty score/version maps left out.
         """
-        names = sorted({k for o in self.observations for k in o.inputs})
+        if self._plain is not None:
+            return self._plain
+        obs = self.observations
+        # Sanitised inputs all have the same keys in the same order: then the values
+        # are taken as they are (C speed), else looked up by name.
+        names = list(obs[0].inputs) if obs else []
+        if any(list(o.inputs) != names for o in obs):
+            names = sorted({k for o in obs for k in o.inputs})
+            rows = [[o.inputs.get(n) for n in names] for o in obs]
+        else:
+            rows = [list(o.inputs.values()) for o in obs]
         observations = []
-        for o in self.observations:
+        for o, x in zip(obs, rows, strict=True):
             row: dict[str, Any] = {
                 "at": o.at_ms,
-                "x": [o.inputs.get(n) for n in names],
+                "x": x,
                 "open": [int(o.churn_open), int(o.clv_open)],
                 "clv_cents": o.clv_cents,
             }
@@ -151,13 +164,15 @@ class PendingLabels:
             if o.versions:
                 row["versions"] = o.versions
             observations.append(row)
-        return {
+        plain = {
             "v": _STATE_VERSION,
             "user_id": self.user_id,
             "last_observed_at": self.last_observed_at,
             "names": names,
             "observations": observations,
         }
+        object.__setattr__(self, "_plain", plain)
+        return plain
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PendingLabels:
