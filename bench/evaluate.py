@@ -65,7 +65,7 @@ from nudge.events import PurchaseEvent, Rejection, parse_event_obj
 from nudge.settings import Settings
 from nudge.topics import topic_for_event_type
 from streams.model_stage import ModelStage, model_stage_for
-from streams.step import StepConfig, expected_partition, step
+from streams.step import Message, StepConfig, expected_partition, step
 
 __all__ = ["EvalRun", "Protocol", "configure", "evaluate", "run"]
 
@@ -86,17 +86,6 @@ class Protocol:
     early_ms: int = 3 * DAY_MS
     clv_window_ms: int = 30 * DAY_MS
     warmup_share: float = 0.2
-
-
-@dataclass(slots=True)
-class _Message:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes
-    value: bytes
-    timestamp: float = 0.0
-    headers: Any = None
 
 
 @dataclass(slots=True)
@@ -164,7 +153,7 @@ class EvalRun:
     truth: Mapping[str, Any] | None = None
 
 
-def _messages(events: Iterable[dict[str, Any]], settings: Settings, truth: _Truth) -> Iterator[tuple[int, _Message]]:
+def _messages(events: Iterable[dict[str, Any]], settings: Settings, truth: _Truth) -> Iterator[tuple[int, Message]]:
     for offset, d in enumerate(events):
         parsed = parse_event_obj(d)
         ts = 0  # a rejected event: the step dead-letters it, the truth ignores it
@@ -174,7 +163,7 @@ def _messages(events: Iterable[dict[str, Any]], settings: Settings, truth: _Trut
             ts = parsed.ts_ms
         key = str(d.get("user_id", "")).encode()
         topic = topic_for_event_type(settings, str(d.get("type"))) or settings.topic_app_events
-        yield ts, _Message(topic, expected_partition(key, settings.partitions), offset, key, orjson.dumps(d))
+        yield ts, Message(topic, expected_partition(key, settings.partitions), offset, key, orjson.dumps(d))
 
 
 def evaluate(
@@ -208,7 +197,7 @@ def evaluate(
     next_day = (start_ms // DAY_MS + 1) * DAY_MS
     counts = {"events": 0, "examples": 0, "rewards": 0, "snapshots": 1}
     since_snapshot = 0
-    pending: list[_Message] = []
+    pending: list[Message] = []
 
     def flush(now_ms: int) -> None:
         nonlocal since_snapshot

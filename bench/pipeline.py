@@ -269,22 +269,11 @@ def _recovery(settings: Settings, out_dir: Path, port: int, store: str) -> dict[
     return {"first_start_s": cold, "restart_s": warm}
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Message:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes
-    value: bytes
-    timestamp: float = 0.0
-    headers: Any = None
-
-
-def _inputs(settings: Settings, messages: list[tuple[str, bytes, bytes]]) -> list[_Message]:
-    from streams.step import expected_partition
+def _inputs(settings: Settings, messages: list[tuple[str, bytes, bytes]]) -> list[Any]:
+    from streams.step import Message, expected_partition
 
     parts = settings.partitions
-    return [_Message(t, expected_partition(k, parts), i, k, v) for i, (t, k, v) in enumerate(messages)]
+    return [Message(t, expected_partition(k, parts), i, k, v) for i, (t, k, v) in enumerate(messages)]
 
 
 def _trained_bundle(settings: Settings, messages: list[tuple[str, bytes, bytes]]) -> Any:

@@ -51,6 +51,7 @@ from streams.model_stage import ModelOutput, ModelStage
 
 __all__ = [
     "InputMessage",
+    "Message",
     "OutputMessage",
     "StateLookup",
     "StepConfig",
@@ -82,6 +83,20 @@ class InputMessage(Protocol):
     def timestamp(self) -> float | None: ...  # seconds, as Faust gives it
     @property
     def headers(self) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """An input message held in memory: for drivers that run the step without Kafka
+    (`nudge eval`, the benchmarks)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: float | None = 0.0
+    headers: Any = None
 
 
 class StateLookup(Protocol):

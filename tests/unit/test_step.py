@@ -6,7 +6,7 @@ partitions give the states the batch reference gives."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -20,7 +20,7 @@ from features.state import FoldConfig, UserState
 from nudge.events import Event, dump_event
 from streams import step as step_module
 from streams.dlq import parse_dlq_headers
-from streams.step import StepConfig, StepResult, changelog_value, expected_partition, step
+from streams.step import Message, StepConfig, StepResult, changelog_value, expected_partition, step
 from tests.unit.test_features import T0, make, random_log
 
 P = 6
@@ -29,28 +29,24 @@ NOW = T0 + 30 * DAY_MS
 TOPIC = {"clicks": "clicks", "purchases": "purchases", "app-events": "app-events"}
 
 
-@dataclass(frozen=True)
-class Msg:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp: float | None = 1_700_000_000.0
-    headers: Any = None
+STAMP = 1_700_000_000.0  # the Kafka timestamp (s) every test message carries
 
 
-def msg_of(ev: Event, offset: int = 0, **overrides: Any) -> Msg:
+def Msg(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> Message:
+    return Message(topic, partition, offset, key, value, STAMP)
+
+
+def msg_of(ev: Event, offset: int = 0, **overrides: Any) -> Message:
     key = ev.user_id.encode()
     m = Msg(TOPIC[ev.topic_kind], expected_partition(key, P), offset, key, dump_event(ev))
     return replace(m, **overrides)
 
 
-def raw(value: bytes, topic: str = "clicks", key: bytes | None = b"u1", offset: int = 7) -> Msg:
+def raw(value: bytes, topic: str = "clicks", key: bytes | None = b"u1", offset: int = 7) -> Message:
     return Msg(topic, expected_partition(key or b"", P), offset, key, value)
 
 
-def run(messages: list[Msg], states: dict[str, UserState] | None = None, **config: Any) -> StepResult:
+def run(messages: list[Message], states: dict[str, UserState] | None = None, **config: Any) -> StepResult:
     return step(states if states is not None else {}, messages, replace(CONFIG, **config), NOW)
 
 
@@ -179,15 +175,15 @@ def test_one_changelog_entry_and_one_write_per_touched_user() -> None:
         # The changelog form recovers exactly the state that was written.
         assert UserState.from_json(changelog_value(result.states[w.user_id])).features() == w.fields
     assert result.watermark == T0 + 8000
-    assert result.first_seen_at == [1_700_000_000.0] * 3
+    assert result.first_seen_at == [STAMP] * 3
 
 
 # --- the property: batching and interleaving never change the result ----------------
 
 
-def kafka_log(events: list[Event]) -> dict[tuple[str, int], list[Msg]]:
+def kafka_log(events: list[Event]) -> dict[tuple[str, int], list[Message]]:
     """The events as Kafka stores them: per topic partition, in log order."""
-    partitions: dict[tuple[str, int], list[Msg]] = {}
+    partitions: dict[tuple[str, int], list[Message]] = {}
     for ev in events:
         m = msg_of(ev)
         queue = partitions.setdefault((m.topic, m.partition), [])
@@ -203,7 +199,7 @@ def test_any_batching_and_interleaving_gives_the_batch_reference(seed: int, data
     reference = batch.compute(events, config.fold)
     queues = {tp: list(reversed(msgs)) for tp, msgs in kafka_log(events).items()}
     # An interleaving of the partitions (each keeps its own order) ...
-    order: list[Msg] = []
+    order: list[Message] = []
     while queues:
         tp = data.draw(st.sampled_from(sorted(queues)))
         order.append(queues[tp].pop())
