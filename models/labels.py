@@ -274,7 +274,7 @@ def example_id(user_id: str, observed_at: int, target: str) -> str:
     return hashlib.blake2b(key, digest_size=16).hexdigest()
 
 
-def _finite(name: str, values: Mapping[str, float]) -> dict[str, float]:
+def _finite(name: str, values: Mapping[str, float], *, digits: int | None = None) -> dict[str, float]:
     out: dict[str, float] = {}
     for k, v in values.items():
         f = float(v)
@@ -282,7 +282,7 @@ def _finite(name: str, values: Mapping[str, float]) -> dict[str, float]:
             # Sanitising is the caller's job (one gate for training and scoring alike);
             # a NaN here is a bug upstream, and it would also break the JSON state.
             raise ValueError(f"observe: {name}[{k!r}] is {v!r}; sanitise inputs before observing")
-        out[k] = f
+        out[k] = f if digits is None or f.is_integer() else float(f"{f:.{digits}g}")
     return out
 
 
@@ -313,7 +313,9 @@ def observe(
         return pending, False
     obs = Observation(
         at_ms=at_ms,
-        inputs=_finite("inputs", inputs),
+        # Six significant digits: a model does not see the difference, and the inputs ride in
+        # the user's changelog entry on every flush (17-digit floats made them twice as long).
+        inputs=_finite("inputs", inputs, digits=6),
         scores=_finite("scores", scores),
         versions={str(k): str(v) for k, v in (versions or {}).items()},
     )
