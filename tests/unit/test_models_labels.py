@@ -57,7 +57,11 @@ def test_doctests() -> None:
 def test_observed_inputs_keep_six_significant_digits_and_whole_numbers_exactly() -> None:
     inputs = {"recency_days": 2.0 / 3.0, "events_7d": 123456789.0, "spend_30d": 1234.56789}
     p, kept = observe(PendingLabels(), user_id="u1", at_ms=T0, inputs=inputs, scores={})
-    assert kept and p.observations[0].inputs == {"recency_days": 0.666667, "events_7d": 123456789.0, "spend_30d": 1234.57}
+    assert kept and p.observations[0].inputs == {
+        "recency_days": 0.666667,
+        "events_7d": 123456789.0,
+        "spend_30d": 1234.57,
+    }
 
 
 def test_back_just_before_the_horizon_is_churn_0_known_at_that_event() -> None:
