@@ -142,7 +142,7 @@ class ModelBundle:
 
     `rfm` is the trainer's sketch; `cuts` are what scorers grade with (None
     until enough users were seen). `learned` counts examples per target
-    ("churn", "clv_30d") and bandit "rewards". `quality` holds the latest
+    ("churn", "churn_7d", "clv_30d") and bandit "rewards". `quality` holds the latest
     rolling figures (absent until defined): churn_auc, churn_baseline_auc,
     churn_log_loss, clv_mae, clv_baseline_mae, nbo_reward_rate.
     """
@@ -153,7 +153,7 @@ class ModelBundle:
     rfm: RFMQuantiles
     cuts: RFMCuts | None
     bandit: Policy
-    learned: dict[str, int] = field(default_factory=lambda: {"churn": 0, "clv_30d": 0, "rewards": 0})
+    learned: dict[str, int] = field(default_factory=lambda: {"churn": 0, "churn_7d": 0, "clv_30d": 0, "rewards": 0})
     quality: dict[str, float] = field(default_factory=dict)
     evaluators: Evaluators = field(default_factory=Evaluators.new)
     churn_baseline_feature: str = ""
@@ -232,6 +232,11 @@ def learn_example(bundle: ModelBundle, example: Example) -> None:
             bundle.churn_baseline_feature, q["churn_baseline_auc"] = best
         q["churn_log_loss"] = float(ev.churn_log_loss.get())
         bundle.learned["churn"] += 1
+    elif example.target == "churn_7d":
+        # Early labels teach the churn model what leaving looks like a week sooner
+        # (models/labels.py); the quality figures stay on the 14-day question.
+        bundle.churn.learn(x, float(example.label >= 0.5))
+        bundle.learned["churn_7d"] = bundle.learned.get("churn_7d", 0) + 1
     elif example.target == "clv_30d":
         if not math.isfinite(example.label):
             return  # Example.from_json accepts "NaN"; the regressor would count it anyway

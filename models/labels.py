@@ -9,6 +9,11 @@ churn     1 if the user has no event `t` with ``at < t < at + churn_horizon``,
           (resolved_at = at + churn_horizon, whatever watermark step got there).
 clv_30d   the user's spend over events with ``at < t <= at + clv_window``,
           known once the watermark reaches ``at + clv_window``.
+churn_7d  churn over the shorter `early_horizon` (7 days), by the same rules:
+          the first churn positives exist a week sooner. The churn model
+          learns from both (models/bundle.py): in a fresh system a 14-day
+          positive takes two weeks to exist at all, and until enough have
+          come the 7-day ones teach what leaving looks like.
 
 Boundaries, exactly (H = churn_horizon):
 
@@ -41,8 +46,8 @@ worker's changelogged user state.
 >>> cfg = LabelConfig()
 >>> p, kept = observe(PendingLabels(), user_id="u1", at_ms=0, inputs={"recency_days": 2.0}, scores={"churn": 0.3})
 >>> p, out = on_event(p, at_ms=5 * DAY_MS, spend=19.99, config=cfg)   # back after 5 days
->>> [(e.target, e.label) for e in out]
-[('churn', 0.0)]
+>>> [(e.target, e.label) for e in out]   # back within 7 days: both churn labels are 0
+[('churn_7d', 0.0), ('churn', 0.0)]
 >>> p, out = advance(p, watermark_ms=30 * DAY_MS, config=cfg)          # the CLV window closes
 >>> [(e.target, e.label, e.resolved_at) for e in out], p.observations
 ([('clv_30d', 19.99, 2592000000)], ())
@@ -74,8 +79,8 @@ __all__ = [
 ]
 
 DAY_MS = 86_400_000
-Target = Literal["churn", "clv_30d"]
-TARGETS: tuple[Target, ...] = ("churn", "clv_30d")
+Target = Literal["churn", "clv_30d", "churn_7d"]
+TARGETS: tuple[Target, ...] = ("churn", "clv_30d", "churn_7d")
 _STATE_VERSION = 2  # 2: input names once, values per observation
 
 
@@ -87,12 +92,16 @@ class LabelConfig:
     clv_window_ms: int = 30 * DAY_MS
     sample_every_ms: int = DAY_MS
     max_pending: int = 32
+    # The early churn label ("churn_7d"): the same question over a shorter horizon.
+    early_horizon_ms: int = 7 * DAY_MS
 
     def __post_init__(self) -> None:
-        for name in ("churn_horizon_ms", "clv_window_ms", "sample_every_ms", "max_pending"):
+        for name in ("churn_horizon_ms", "clv_window_ms", "sample_every_ms", "max_pending", "early_horizon_ms"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"LabelConfig.{name} must be a positive integer, got {v!r}")
+        if self.early_horizon_ms >= self.churn_horizon_ms:
+            raise ValueError("LabelConfig.early_horizon_ms must be shorter than churn_horizon_ms")
 
     @property
     def longest_ms(self) -> int:
@@ -115,6 +124,7 @@ class Observation:
     clv_open: bool = True
     # Integer cents: the sum is exact, so it does not depend on the order events arrive in.
     clv_cents: int = 0
+    early_open: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +166,7 @@ class PendingLabels:
             row: dict[str, Any] = {
                 "at": o.at_ms,
                 "x": x,
-                "open": [int(o.churn_open), int(o.clv_open)],
+                "open": [int(o.churn_open), int(o.clv_open), int(o.early_open)],
                 "clv_cents": o.clv_cents,
             }
             if o.scores:
@@ -186,7 +196,8 @@ class PendingLabels:
                 values = o["x"]
                 if len(values) != len(names):
                     raise ValueError(f"{len(values)} values for {len(names)} input names")
-                churn_open, clv_open = o["open"]
+                # States written before the early label have two flags: theirs stays closed.
+                churn_open, clv_open, early_open = (*o["open"], 0) if len(o["open"]) == 2 else o["open"]
                 obs.append(
                     Observation(
                         at_ms=int(o["at"]),
@@ -196,6 +207,7 @@ class PendingLabels:
                         churn_open=bool(churn_open),
                         clv_open=bool(clv_open),
                         clv_cents=int(o["clv_cents"]),
+                        early_open=bool(early_open),
                     )
                 )
             last = d["last_observed_at"]
@@ -358,17 +370,20 @@ def on_event(
         if dt <= 0:
             kept.append(o)
             continue
-        churn_open, clv_cents = o.churn_open, o.clv_cents
+        churn_open, clv_cents, early_open = o.churn_open, o.clv_cents, o.early_open
+        if early_open and dt < config.early_horizon_ms:
+            resolved.append(_example(pending, o, "churn_7d", at_ms, 0.0))
+            early_open = False
         if churn_open and dt < config.churn_horizon_ms:
             resolved.append(_example(pending, o, "churn", at_ms, 0.0))
             churn_open = False
         if o.clv_open and cents and dt <= config.clv_window_ms:
             clv_cents += cents
-        if churn_open != o.churn_open or clv_cents != o.clv_cents:
+        if churn_open != o.churn_open or clv_cents != o.clv_cents or early_open != o.early_open:
             changed = True
             # A direct constructor call: dataclasses.replace costs ~2 us per observation.
-            o = Observation(o.at_ms, o.inputs, o.scores, o.versions, churn_open, o.clv_open, clv_cents)
-        if o.churn_open or o.clv_open:
+            o = Observation(o.at_ms, o.inputs, o.scores, o.versions, churn_open, o.clv_open, clv_cents, early_open)
+        if o.churn_open or o.clv_open or o.early_open:
             kept.append(o)
         else:
             changed = True
@@ -394,15 +409,21 @@ def advance(
     kept: list[Observation] = []
     for o in pending.observations:
         churn_at, clv_at = o.at_ms + config.churn_horizon_ms, o.at_ms + config.clv_window_ms
-        churn_open, clv_open = o.churn_open, o.clv_open
+        early_at = o.at_ms + config.early_horizon_ms
+        churn_open, clv_open, early_open = o.churn_open, o.clv_open, o.early_open
+        if early_open and watermark_ms >= early_at:
+            resolved.append(_example(pending, o, "churn_7d", early_at, 1.0))
+            early_open = False
         if churn_open and watermark_ms >= churn_at:
             resolved.append(_example(pending, o, "churn", churn_at, 1.0))
             churn_open = False
         if clv_open and watermark_ms >= clv_at:
             resolved.append(_example(pending, o, "clv_30d", clv_at, o.clv_cents / 100))
             clv_open = False
-        if churn_open or clv_open:
-            kept.append(Observation(o.at_ms, o.inputs, o.scores, o.versions, churn_open, clv_open, o.clv_cents))
+        if churn_open or clv_open or early_open:
+            kept.append(
+                Observation(o.at_ms, o.inputs, o.scores, o.versions, churn_open, clv_open, o.clv_cents, early_open)
+            )
     return PendingLabels(pending.user_id, pending.last_observed_at, tuple(kept)), resolved
 
 
@@ -414,6 +435,9 @@ def next_deadline(pending: PendingLabels, config: LabelConfig = DEFAULT_CONFIG) 
     """
     best: int | None = None
     for o in pending.observations:
+        if o.early_open:
+            t = o.at_ms + config.early_horizon_ms
+            best = t if best is None or t < best else best
         if o.churn_open:
             t = o.at_ms + config.churn_horizon_ms
             best = t if best is None or t < best else best

@@ -306,9 +306,9 @@ class _Trainer:
                 example = Example.from_json(value or b"")
                 if not self.seen_examples.add(example.example_id):
                     return self._skip("duplicate")
-                before = self.bundle.learned[example.target]
+                before = self.bundle.learned.get(example.target, 0)
                 learn_example(self.bundle, example)
-                if self.bundle.learned[example.target] > before:
+                if self.bundle.learned.get(example.target, 0) > before:
                     self.metrics.examples.labels(example.target).inc()
                 else:
                     self._skip("bad_label")

@@ -71,7 +71,7 @@ class TrainerMetrics:
         )
         for reason in REFUSAL_REASONS:
             self.refused.labels(reason)
-        for target in ("churn", "clv_30d"):
+        for target in ("churn", "churn_7d", "clv_30d"):
             self.examples.labels(target)
 
     def set_repairs(self, model: str, repairs: Mapping[str, int]) -> None:

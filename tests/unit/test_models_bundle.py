@@ -112,7 +112,7 @@ def test_trained_bundle_scores_rfm_and_churn_rises_with_silence() -> None:
 def test_learning_a_churn_stream_lifts_auc_and_reports_quality() -> None:
     bundle = trained()
     q = bundle.quality
-    assert bundle.learned == {"churn": 3000, "clv_30d": 1000, "rewards": 0}
+    assert bundle.learned == {"churn": 3000, "churn_7d": 0, "clv_30d": 1000, "rewards": 0}
     assert q["churn_auc"] > 0.75
     assert 0.5 < q["churn_baseline_auc"] < 1 and bundle.churn_baseline_feature in (
         "recency_days",
@@ -122,6 +122,23 @@ def test_learning_a_churn_stream_lifts_auc_and_reports_quality() -> None:
     )
     assert 0 < q["churn_log_loss"] < 0.69  # better than a coin
     assert q["clv_mae"] >= 0 and q["clv_baseline_mae"] >= 0
+
+
+def test_early_labels_teach_the_churn_model_without_touching_its_quality_figures() -> None:
+    rng = random.Random(3)
+    bundle = new_bundle(OFFERS)
+    for i in range(2000):
+        e = churn_example(rng, i)
+        learn_example(
+            bundle, Example(example_id(e.user_id, i, "churn_7d"), e.user_id, "churn_7d", i, i + 1, e.inputs, e.label)
+        )
+    assert bundle.learned["churn_7d"] == 2000 and bundle.learned["churn"] == 0
+    assert "churn_auc" not in bundle.quality  # the figures judge the 14-day question only
+    silent, active = (
+        sanitise({"recency_days": 30.0, "events_7d": 0.0})[0],
+        sanitise({"recency_days": 0.2, "events_7d": 30.0})[0],
+    )
+    assert bundle.churn.predict(silent) > 0.5 > bundle.churn.predict(active)
 
 
 def test_rfm_cuts_appear_after_enough_users() -> None:

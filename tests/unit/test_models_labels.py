@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import pytest
@@ -16,14 +17,33 @@ from models.labels import (
     Example,
     LabelConfig,
     PendingLabels,
-    advance,
     example_id,
     next_deadline,
     observe,
-    on_event,
 )
 
 CFG = LabelConfig()
+E7 = CFG.early_horizon_ms
+
+
+def _only(targets: tuple[str, ...]) -> Any:
+    """`on_event` / `advance` keeping the examples of `targets`: the churn and value tests
+    below read as if the early label did not exist (it has its own tests)."""
+
+    def wrap(fn: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> tuple[PendingLabels, list[Example]]:
+            p, out = fn(*args, **kwargs)
+            return p, [e for e in out if e.target in targets]
+
+        return call
+
+    return wrap
+
+
+on_event = _only(("churn", "clv_30d"))(models.labels.on_event)
+advance = _only(("churn", "clv_30d"))(models.labels.advance)
+early_on_event = _only(("churn_7d",))(models.labels.on_event)
+early_advance = _only(("churn_7d",))(models.labels.advance)
 H = CFG.churn_horizon_ms
 W = CFG.clv_window_ms
 T0 = 1_790_000_000_000  # an event time in 2026
@@ -62,6 +82,28 @@ def test_observed_inputs_keep_six_significant_digits_and_whole_numbers_exactly()
         "events_7d": 123456789.0,
         "spend_30d": 1234.57,
     }
+
+
+def test_the_early_label_is_churn_over_7_days_by_the_same_rules() -> None:
+    p, out = early_on_event(observed_at(), at_ms=T0 + E7 - 1)  # back just inside 7 days
+    assert [(e.label, e.resolved_at) for e in out] == [(0.0, T0 + E7 - 1)]
+    p, out = early_on_event(observed_at(), at_ms=T0 + E7)  # back at exactly 7 days: too late
+    assert out == []
+    p, out = early_advance(p, watermark_ms=T0 + E7)
+    assert [(e.target, e.label, e.resolved_at) for e in out] == [("churn_7d", 1.0, T0 + E7)]
+    assert not p.observations[0].churn_open  # back on day 7: gone a week, but not two (churn 0)
+    _, out = early_advance(observed_at(), watermark_ms=T0 + E7 - 1)
+    assert out == []
+    assert next_deadline(observed_at()) == T0 + E7
+
+
+def test_a_state_written_before_the_early_label_reads_back_with_it_closed() -> None:
+    plain = observed_at().to_dict()
+    for row in plain["observations"]:
+        row["open"] = row["open"][:2]
+    old = PendingLabels.from_dict(plain)
+    assert not old.observations[0].early_open and old.observations[0].churn_open
+    assert PendingLabels.from_dict(observed_at().to_dict()) == observed_at()
 
 
 def test_back_just_before_the_horizon_is_churn_0_known_at_that_event() -> None:
