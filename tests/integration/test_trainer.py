@@ -51,7 +51,7 @@ def example(i: int) -> Example:
         "spend_total": rng.uniform(0, 400),
     }
     inputs, _ = sanitise(raw)
-    target = "clv_30d" if i % 5 == 0 else "churn"
+    target = "clv_30d" if i % 5 == 0 else "churn_7d" if i % 5 == 1 else "churn"
     label = rng.uniform(0, 100) if target == "clv_30d" else float(churned)
     return Example(example_id(f"u{i}", i * DAY_MS, target), f"u{i}", target, i * DAY_MS, i * DAY_MS + 1, inputs, label)
 
@@ -81,7 +81,8 @@ def produce(s: Settings, first: int, count: int, *, pace_s: float = 0.0) -> None
 def expected(first: int, count: int) -> dict[str, int]:
     ids = range(first, first + count)
     clv = sum(1 for i in ids if i % 5 == 0)
-    return {"churn": count - clv, "clv_30d": clv, "rewards": clv}
+    early = sum(1 for i in ids if i % 5 == 1)
+    return {"churn": count - clv - early, "churn_7d": early, "clv_30d": clv, "rewards": clv}
 
 
 def snapshot_blobs(s: Settings) -> list[bytes]:
