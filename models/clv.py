@@ -14,8 +14,9 @@ month's spend and orders, last week's orders and events, recency) and learns
 slowly (SGD, 0.001): the mean absolute error rewards predicting the median,
 most months' spend is far below the last one's, and with all the inputs or
 a faster rate the model chased the big spenders (measured on `nudge eval`'s
-protocol, 1,000 users over 120 days, the run's examples replayed offline: MAE 773 with these, 1,570 with every input and
-Adam, against 830 for last month's spend). Candidates:
+protocol, 1,000 users over 120 days, the run's examples replayed offline:
+MAE 773 with these, 1,570 with every input and Adam, against 830 for last
+month's spend). Candidates:
 
 - `linear()`: the above.
 - `tree()`: a Hoeffding Adaptive Tree regressor with linear leaves, over the
