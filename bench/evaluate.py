@@ -31,9 +31,9 @@ The protocol (fixed, so models are compared on the same ground):
   conversion probability (ground truth) of the offer the bandit stored, of a
   uniformly random offer, and of the user's best offer (the oracle).
 
-Writes the report as JSON (`--out`) and the learning curves (AUC per day of
-the model and the baseline, all and early; CLV MAE; offer conversion) as a
-PNG beside it.
+Writes the report as JSON (`--out`: every figure, the per-day churn curves,
+and which targets are met) and the churn learning curves (AUC per day of the
+model and of the best single feature, all users and early) as a PNG beside it.
 """
 
 from __future__ import annotations
