@@ -64,7 +64,7 @@ from nudge.errors import ConfigError
 from nudge.events import PurchaseEvent, Rejection, parse_event_obj
 from nudge.settings import Settings
 from nudge.topics import topic_for_event_type
-from streams.model_stage import ModelStage, model_stage_for
+from streams.model_stage import NOT_THE_USERS_DOING, ModelStage, model_stage_for
 from streams.step import Message, StepConfig, expected_partition, step
 
 __all__ = ["EvalRun", "Protocol", "configure", "evaluate", "run"]
@@ -75,7 +75,6 @@ TARGETS: Final = {
     "nbo.lift_over_random": 1.5,
     "nbo.share_of_oracle": 0.80,
 }
-_NOT_THE_USERS_DOING: Final = frozenset({"push_received"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +95,7 @@ class _Truth:
     purchases: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
     def add(self, user_id: str, ts_ms: int, type_: str, spend: float) -> None:
-        if type_ in _NOT_THE_USERS_DOING:
+        if type_ in NOT_THE_USERS_DOING:
             return
         self.times.setdefault(user_id, []).append(ts_ms)
         if spend:

@@ -17,8 +17,9 @@ and the scorers in the stream worker:
   (and each baseline's) scored against the label, and only then learned, so
   the quality figures are always on examples the model had not seen.
 
-The bandit's context is the sanitised input vector (`offer_context`): the
-worker logs exposures with it, and `learn_reward` learns on what was logged.
+The bandit's context is the sanitised input vector: the worker logs
+exposures with it, `learn_reward` learns on what was logged, and the policy
+maps it to its own features (`models.bandit.offer_features`).
 
 Baselines, declared up front (the bar each model must clear to be worth it):
 churn: the best single feature by rolling AUC among recency (higher, more
@@ -60,8 +61,6 @@ __all__ = [
     "learn_reward",
     "new_bundle",
     "next_version",
-    "observation_scores",
-    "offer_context",
     "refresh_cuts",
     "score",
 ]
@@ -179,16 +178,6 @@ def bundle_from_snapshot(snapshot: Snapshot) -> ModelBundle:
     return bundle
 
 
-def offer_context(clean_inputs: Mapping[str, float]) -> dict[str, float]:
-    """What the bandit sees: the sanitised inputs (finite, bounded, fixed keys)."""
-    return dict(clean_inputs)
-
-
-def observation_scores(bundle: ModelBundle, inputs: Mapping[str, float]) -> dict[str, float]:
-    """The scores an observation keeps for its labels: {"churn": p, "clv_30d": value}."""
-    return {"churn": bundle.churn.predict(inputs), "clv_30d": bundle.clv.predict(inputs)}
-
-
 def score(bundle: ModelBundle, state: UserState, now_ms: int, tiers: Tiers, *, with_offer: bool) -> dict[str, str]:
     """The user's score fields as of `now_ms` (event time), as the strings the hash stores.
 
@@ -208,7 +197,7 @@ def score(bundle: ModelBundle, state: UserState, now_ms: int, tiers: Tiers, *, w
         out.update(rfm_r=str(r), rfm_f=str(f), rfm_m=str(m), rfm_segment=rfm_segment(r, f, m))
     out["member_tier"] = member_tier(spend, orders, tiers)
     if with_offer:
-        choice = choose(bundle.bandit, offer_context(clean), draw_for(state.user_id, now_ms))
+        choice = choose(bundle.bandit, clean, draw_for(state.user_id, now_ms))
         out["nbo_offer"] = choice.offer_id
         out["nbo_score"] = f"{choice.score:.4f}"
     out["models_version"] = str(bundle.version)

@@ -59,7 +59,7 @@ import heapq
 import zlib
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 from features.state import UserState
 from models import bandit, labels
@@ -71,7 +71,7 @@ from models.segments import Tiers, load_tiers
 from nudge.events import AppEvent, Event, PurchaseEvent
 from streams.clock import EventClock
 
-__all__ = ["ModelOutput", "ModelStage", "StateLookup", "model_stage_for"]
+__all__ = ["NOT_THE_USERS_DOING", "ModelOutput", "ModelStage", "StateLookup", "model_stage_for"]
 
 _LABELS = "labels"
 _EXPOSURES = "exposures"
@@ -248,22 +248,10 @@ class ModelStage:
     # it on every event cost more than the rest of the stage.
 
     def _labels(self, state: UserState) -> labels.PendingLabels:
-        raw = state.models.get(_LABELS)
-        if isinstance(raw, labels.PendingLabels):
-            return raw
-        if not raw:
-            return labels.PendingLabels(user_id=state.user_id)
-        parsed = state.models[_LABELS] = labels.PendingLabels.from_dict(raw)  # once per recovered state
-        return parsed
+        return _memory(state, _LABELS, labels.PendingLabels)
 
     def _exposures(self, state: UserState) -> bandit.Attribution:
-        raw = state.models.get(_EXPOSURES)
-        if isinstance(raw, bandit.Attribution):
-            return raw
-        if not raw:
-            return bandit.Attribution(user_id=state.user_id)
-        parsed = state.models[_EXPOSURES] = bandit.Attribution.from_dict(raw)  # once per recovered state
-        return parsed
+        return _memory(state, _EXPOSURES, bandit.Attribution)
 
     def _observe_until(self, state: UserState, until_ms: int) -> None:
         """Observe the user at each of its boundaries up to `until_ms` not observed yet.
@@ -330,6 +318,21 @@ class ModelStage:
             heapq.heappush(self._due, (due, uid))
 
 
+_M = TypeVar("_M", labels.PendingLabels, bandit.Attribution)
+
+
+def _memory(state: UserState, key: str, kind: type[_M]) -> _M:
+    """The user's memory under `key` as an object: parsed once per recovered state, empty if none."""
+    raw = state.models.get(key)
+    if isinstance(raw, kind):
+        return raw
+    if not raw:
+        return kind(user_id=state.user_id)
+    parsed: _M = kind.from_dict(raw)
+    state.models[key] = parsed
+    return parsed
+
+
 def _next_deadline(state: UserState, stage: ModelStage, scored_at: int) -> int:
     """The earliest of: the next rescore (which also takes the observations due), a label, an exposure's end."""
     every = stage.rescore_every_ms
@@ -351,9 +354,15 @@ def _next_deadline(state: UserState, stage: ModelStage, scored_at: int) -> int:
     return min(deadlines)
 
 
+# Event types that are not the user's doing (a push we sent was delivered): they open
+# an offer's exposure but say nothing about whether the user left. nudge eval's
+# ground truth reads the same rule.
+NOT_THE_USERS_DOING: Final = frozenset({"push_received"})
+
+
 def _is_receipt(event: Event) -> bool:
     """A push delivery receipt: it opens an offer's exposure but is not the user's doing."""
-    return isinstance(event, AppEvent) and event.type == "push_received"
+    return isinstance(event, AppEvent) and event.type in NOT_THE_USERS_DOING
 
 
 def _offset(user_id: str, every_ms: int) -> int:

@@ -17,7 +17,6 @@ from models.bundle import (
     learn_example,
     learn_reward,
     new_bundle,
-    observation_scores,
     score,
 )
 from models.inputs import sanitise
@@ -170,13 +169,6 @@ def test_rewards_teach_the_bandit_and_report_the_rate() -> None:
     unknown = BanditReward("z", "u", "retired", 0, 1, ctx, 1.0, 0.5)
     learn_reward(bundle, unknown)
     assert bundle.learned["rewards"] == 200
-
-
-def test_observation_scores_are_what_score_formats() -> None:
-    bundle = trained(500)
-    inputs, _ = sanitise({"recency_days": 2.0, "orders_total": 3.0})
-    obs = observation_scores(bundle, inputs)
-    assert set(obs) == {"churn", "clv_30d"} and 0 <= obs["churn"] <= 1 and obs["clv_30d"] >= 0
 
 
 def test_a_sealed_bundle_opens_and_scores_identically() -> None:
