@@ -25,6 +25,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from nudge.events import id_problem
 from nudge.text import printable, quoted
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "output_problem",
     "port",
     "seed",
+    "user_id_arg",
 ]
 
 
@@ -203,3 +205,14 @@ def input_dir(text: str) -> Path:
     if kind != "dir":
         raise argparse.ArgumentTypeError(f"{printable(text, limit=200)} is not a directory")
     return path
+
+
+def user_id_arg(text: str) -> str:
+    """argparse type: a user id as the event contract allows it (the collector's rule, `nudge.events.id_problem`)."""
+    problem = id_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(
+            f"{quoted(text)} {problem}: a user id is 1..128 characters, not blank, "
+            "without control characters or undecodable bytes"
+        )
+    return text

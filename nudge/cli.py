@@ -37,6 +37,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("bench.evaluate", "how good the models are: simulator or real data -> worker -> trainer, vs baselines"),
     "models": ("streams.models_cli", "what the models know now: the newest snapshot's quality beside baselines"),
     "state": ("streams.state_cli", "print a user's live state from Redis, with its age"),
+    "triggers": ("triggers.service", "run the trigger service: campaign rules on live state, under guardrails"),
+    "why": ("triggers.why", "explain a user's recent trigger decisions in plain words"),
+    "deliver": ("delivery.worker", "run a delivery worker: the outbox topic -> push/SMS/webhook providers"),
+    "mock-providers": ("delivery.mock_providers", "a local FCM/Twilio/webhook server that fails on demand"),
     "bench": ("bench", "benchmarks that print numbers and write JSON + PNG"),
 }
 

@@ -33,7 +33,7 @@ __all__ = [
 
 # Field names whose values are personal data or credentials, in events and settings alike.
 SENSITIVE_FIELDS = frozenset(
-    {"phone", "push_token", "token", "api_key", "apikey", "password", "secret", "authorization", "email"}
+    {"phone", "push_token", "to", "token", "api_key", "apikey", "password", "secret", "authorization", "email"}
 )
 _MASK = "***"
 

@@ -157,6 +157,10 @@ MODEL_KEY = Rule(
 )
 PATH = Rule("a path without control characters", lambda value: _text_problem(str(value)), show=lambda v: repr(str(v)))
 BOOL = Rule("true or false (or 1/0, yes/no)", lambda value: None)
+URL = matching(r"https?://[!-~]+", "an http:// or https:// URL", max_len=2048)
+OPTIONAL_URL = matching(r"(https?://[!-~]+)?", "empty, or an http:// or https:// URL", max_len=2048, min_len=0)
+OPTIONAL_ID = matching(r"[A-Za-z0-9+._:-]*", "empty, or letters, digits and + . _ : -", max_len=256, min_len=0)
+OPTIONAL_SECRET = matching(r"[!-~]*", "empty, or visible ASCII characters", max_len=4096, min_len=0)
 _TYPES: Final[dict[str, type]] = {"int": int, "float": float, "str": str, "Path": Path, "bool": bool}
 _TYPE_NAMES: Final = {int: "an integer", float: "a number", str: "text", Path: "a path", bool: "true or false"}
 
@@ -446,6 +450,119 @@ class Settings:
         6068, "NUDGE_TRAINER_METRICS_PORT", "trainer's Prometheus /metrics port", between(1, 65535)
     )
 
+    # --- triggers (triggers/) --------------------------------------------------
+    rules_path: Path = _setting(
+        Path("deploy/config/rules.yaml"), "NUDGE_RULES_PATH", "campaign rules and guardrail defaults (YAML)", PATH
+    )
+    stores_path: Path = _setting(
+        Path("deploy/config/stores.yaml"), "NUDGE_STORES_PATH", "store locations for geofence rules (YAML)", PATH
+    )
+    topic_decisions: str = _setting(
+        "decisions", "NUDGE_TOPIC_DECISIONS", "every trigger decision (sent, suppressed, delayed), the audit log", TOPIC
+    )
+    topic_notifications: str = _setting(
+        "notifications", "NUDGE_TOPIC_NOTIFICATIONS", "the outbox: messages to send, triggers -> delivery", TOPIC
+    )
+    topic_notifications_dlq: str = _setting(
+        "notifications-dlq",
+        "NUDGE_TOPIC_NOTIFICATIONS_DLQ",
+        "messages that finally failed to send, with the reason",
+        TOPIC,
+    )
+    triggers_group: str = _setting(
+        "nudge-triggers",
+        "NUDGE_TRIGGERS_GROUP",
+        "Redis consumer group of the trigger services on the changes streams",
+        KEY_PREFIX,
+    )
+    trigger_max_state_age_s: float = _setting(
+        3_600.0,
+        "NUDGE_TRIGGER_MAX_STATE_AGE_S",
+        "a trigger refuses a user's state written longer ago than this (wall clock), seconds",
+        between(1, 30 * 86_400, " s"),
+    )
+    triggers_key_prefix: str = _setting(
+        "nudge:",
+        "NUDGE_TRIGGERS_KEY_PREFIX",
+        "prefix of the trigger service's keys (guard, schedule, decision log)",
+        KEY_PREFIX,
+    )
+    decisions_kept: int = _setting(
+        50, "NUDGE_DECISIONS_KEPT", "decisions kept per user in Redis for `nudge why`", between(1, 10_000)
+    )
+    triggers_metrics_port: int = _setting(
+        6069, "NUDGE_TRIGGERS_METRICS_PORT", "trigger service's Prometheus /metrics port", between(1, 65535)
+    )
+
+    # --- delivery (delivery/) --------------------------------------------------
+    delivery_group: str = _setting(
+        "nudge-delivery", "NUDGE_DELIVERY_GROUP", "Kafka consumer group of the delivery workers", APP_ID
+    )
+    delivery_metrics_port: int = _setting(
+        6070, "NUDGE_DELIVERY_METRICS_PORT", "delivery worker's Prometheus /metrics port", between(1, 65535)
+    )
+    delivery_max_attempts: int = _setting(
+        6,
+        "NUDGE_DELIVERY_MAX_ATTEMPTS",
+        "sends of one message before it goes to the dead-letter topic",
+        between(1, 100),
+    )
+    delivery_backoff_s: float = _setting(
+        0.5,
+        "NUDGE_DELIVERY_BACKOFF_S",
+        "first retry delay; doubles per attempt, with full jitter, seconds",
+        between(0.001, 600, " s"),
+    )
+    delivery_backoff_max_s: float = _setting(
+        30.0, "NUDGE_DELIVERY_BACKOFF_MAX_S", "longest retry delay, seconds", between(0.001, 3_600, " s")
+    )
+    fcm_url: str = _setting("https://fcm.googleapis.com", "NUDGE_FCM_URL", "FCM HTTP v1 base URL", URL)
+    fcm_project_id: str = _setting("", "NUDGE_FCM_PROJECT_ID", "Firebase project id (empty: no push)", OPTIONAL_ID)
+    fcm_credentials_path: str = _setting(
+        "",
+        "NUDGE_FCM_CREDENTIALS_PATH",
+        "Google service-account JSON file (its token_uri is where tokens are asked for)",
+        PATH,
+    )
+    fcm_rate_per_s: float = _setting(
+        500.0, "NUDGE_FCM_RATE_PER_S", "FCM sends per second per delivery worker", between(0.1, 100_000)
+    )
+    twilio_url: str = _setting("https://api.twilio.com", "NUDGE_TWILIO_URL", "Twilio API base URL", URL)
+    twilio_account_sid: str = _setting(
+        "", "NUDGE_TWILIO_ACCOUNT_SID", "Twilio account SID (empty: no SMS)", OPTIONAL_ID
+    )
+    twilio_auth_token: str = _setting("", "NUDGE_TWILIO_AUTH_TOKEN", "Twilio auth token", OPTIONAL_SECRET, secret=True)
+    twilio_from: str = _setting(
+        "", "NUDGE_TWILIO_FROM", "sender phone number (E.164) or messaging service SID", OPTIONAL_ID
+    )
+    twilio_rate_per_s: float = _setting(
+        10.0, "NUDGE_TWILIO_RATE_PER_S", "Twilio sends per second per delivery worker", between(0.1, 100_000)
+    )
+    webhook_url: str = _setting(
+        "", "NUDGE_WEBHOOK_URL", "generic webhook for channel `webhook` (empty: none)", OPTIONAL_URL
+    )
+    webhook_secret: str = _setting(
+        "", "NUDGE_WEBHOOK_SECRET", "HMAC-SHA256 key signing webhook bodies", OPTIONAL_SECRET, secret=True
+    )
+    webhook_rate_per_s: float = _setting(
+        100.0, "NUDGE_WEBHOOK_RATE_PER_S", "webhook sends per second per delivery worker", between(0.1, 100_000)
+    )
+    mock_providers_port: int = _setting(
+        8090, "NUDGE_MOCK_PROVIDERS_PORT", "port of `nudge mock-providers` (FCM, Twilio, webhook)", between(1, 65535)
+    )
+    delivery_http_timeout_s: float = _setting(
+        5.0,
+        "NUDGE_DELIVERY_HTTP_TIMEOUT_S",
+        "longest wait for one provider request, seconds",
+        between(0.1, 300, " s"),
+    )
+    delivery_claim_lease_s: float = _setting(
+        60.0,
+        "NUDGE_DELIVERY_CLAIM_LEASE_S",
+        "a send-ledger claim older than this is a dead worker's (over 4x the HTTP timeout), seconds",
+        between(0.5, 3_600, " s"),
+    )
+
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             _check(f, getattr(self, f.name))
@@ -525,6 +642,11 @@ class Settings:
     def model_topics(self) -> tuple[str, str, str]:
         """The models' topics: examples and rewards (worker -> trainer), snapshots (trainer -> workers)."""
         return (self.topic_training_examples, self.topic_bandit_rewards, self.topic_model_snapshots)
+
+    @property
+    def trigger_topics(self) -> tuple[str, str, str]:
+        """The triggers' topics: decisions (audit), notifications (outbox), and the outbox's dead letters."""
+        return (self.topic_decisions, self.topic_notifications, self.topic_notifications_dlq)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -90,7 +90,7 @@ def ensure_topics(settings: Settings, names: tuple[str, ...] | None = None) -> l
     """Create missing topics (default: the stream's and the models') with their layout
     (`topic_layout`), replication factor and min.insync.replicas; return those created.
     Existing topics are left as they are."""
-    names = (*settings.all_topics, *settings.model_topics) if names is None else names
+    names = (*settings.all_topics, *settings.model_topics, *settings.trigger_topics) if names is None else names
     problems = [p for p in map(topic_name_problem, names) if p is not None]
     if problems:
         raise ConfigError(f"{problems[0]} (check the NUDGE_TOPIC_* settings)")
@@ -161,6 +161,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "topic_training_examples",
         "topic_bandit_rewards",
         "topic_model_snapshots",
+        "topic_decisions",
+        "topic_notifications",
+        "topic_notifications_dlq",
         "partitions",
         "replication",
         "min_insync_replicas",
@@ -172,7 +175,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     created = ensure_topics(settings)
     admin = admin_client(settings)
     try:
-        described = admin.describe_topics([*settings.all_topics, *settings.model_topics])
+        described = admin.describe_topics([*settings.all_topics, *settings.model_topics, *settings.trigger_topics])
     finally:
         admin.close()
     for topic in sorted(described, key=lambda t: str(t["name"])):

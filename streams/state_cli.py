@@ -36,11 +36,11 @@ from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from features.lifecycle import classify
+from nudge.args import user_id_arg
 from nudge.errors import ConfigError, DependencyUnavailable, InputError
-from nudge.events import id_problem
 from nudge.logs import display_url, mask_phone
 from nudge.settings import Settings
-from nudge.text import printable, quoted
+from nudge.text import printable
 
 __all__ = [
     "STALE_AFTER",
@@ -53,7 +53,6 @@ __all__ = [
     "read_state",
     "run",
     "safe_json",
-    "user_id_arg",
 ]
 
 # updated_at older than this earns a staleness note: a live worker rewrites a
@@ -377,17 +376,6 @@ def safe_json(obj: object) -> str:
     """
     text = json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False)
     return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
-
-
-def user_id_arg(text: str) -> str:
-    """argparse type: a user id as the event contract allows it (the collector's rule, `nudge.events.id_problem`)."""
-    problem = id_problem(text)
-    if problem is not None:
-        raise argparse.ArgumentTypeError(
-            f"{quoted(text)} {problem}: a user id is 1..128 characters, not blank, "
-            "without control characters or undecodable bytes"
-        )
-    return text
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -69,6 +69,12 @@ def unique_scope(base: Settings) -> Iterator[Settings]:
         app_id=f"t{tag}",
         user_key_prefix=f"t{tag}:user:",
         changes_stream=f"t{tag}:changes",
+        topic_decisions=f"t{tag}-decisions",
+        topic_notifications=f"t{tag}-notifications",
+        topic_notifications_dlq=f"t{tag}-notifications-dlq",
+        triggers_group=f"t{tag}-triggers",
+        triggers_key_prefix=f"t{tag}:nudge:",
+        delivery_group=f"t{tag}-delivery",
     )
     ensure_topics(scoped)
     yield scoped

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from nudge import cli
+from nudge import args, cli
 from nudge.logs import mask_phone
 from streams import state_cli
 from streams.state_cli import display_url, format_state, human_duration, mask_fields, mask_token
@@ -352,7 +352,7 @@ def test_user_id_rule_is_the_collectors() -> None:
     for text in ("u1", "", " ", "a\x00b", "é" * 128, "é" * 129, "probe-\udcff"):
         accepted = id_problem(text) is None
         try:
-            state_cli.user_id_arg(text)
+            args.user_id_arg(text)
         except argparse.ArgumentTypeError:
             assert not accepted, text
         else:
