@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "state": ("streams.state_cli", "print a user's live state from Redis, with its age"),
     "triggers": ("triggers.service", "run the trigger service: campaign rules on live state, under guardrails"),
     "why": ("triggers.why", "explain a user's recent trigger decisions in plain words"),
+    "report": ("triggers.report", "what each campaign sent, suppressed and earned, with uplift against the holdout"),
     "deliver": ("delivery.worker", "run a delivery worker: the outbox topic -> push/SMS/webhook providers"),
     "mock-providers": ("delivery.mock_providers", "a local FCM/Twilio/webhook server that fails on demand"),
     "bench": ("bench", "benchmarks that print numbers and write JSON + PNG"),

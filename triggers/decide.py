@@ -97,7 +97,13 @@ class Decision:
             "state": dict(self.state),
         }
 
-    def notification(self) -> Notification:
+    def notification(self, outbox_ms: int) -> Notification:
+        """The message for the outbox, put there at `outbox_ms` (wall clock): send now, expire a day later.
+
+        The decision's own times (decided_at, send_at) are on the service's clock, which is event
+        time in a replay or a simulation; delivery runs on the wall clock, and a delayed message
+        only reaches the outbox once it is due.
+        """
         return Notification(
             idempotency_key=self.idempotency_key,
             decision_id=self.decision_id,
@@ -112,8 +118,8 @@ class Decision:
             offer_id=self.offer_id or None,
             transactional=self.transactional,
             decided_at=self.decided_at,
-            send_at=self.send_at,
-            expires_at=self.send_at + MESSAGE_TTL_MS,
+            send_at=outbox_ms,
+            expires_at=outbox_ms + MESSAGE_TTL_MS,
         )
 
     def with_outcome(self, outcome: Outcome, reason: str) -> Decision:

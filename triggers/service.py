@@ -21,8 +21,13 @@ Each process:
    conditions still hold, so a purchase in time cancels it) or a delayed
    message whose quiet hours ended (sent only if the user still consents).
 
-"Now" is the wall clock (`clock`, injectable for tests). Entries left
-pending by a process that died are claimed by another after `claim_idle_s`.
+"Now" is the wall clock, or with `--clock event` the event-time watermark:
+the latest `as_of` among the states this process has read. That is what a
+replay or an accelerated simulation needs (a cart's 30 minutes, quiet hours
+and the attribution window then pass in simulated time); each process keeps
+its own watermark. The state's max age and the outbox's send and expiry
+times are always on the wall clock. Entries left pending by a process that
+died are claimed by another after `claim_idle_s`.
 """
 
 from __future__ import annotations
@@ -143,7 +148,10 @@ class TriggerService:
     store: TriggerStore
     publisher: Any  # Publisher, or a fake with decision/notification/flush
     metrics: TriggerMetrics = field(default_factory=TriggerMetrics)
-    clock: Callable[[], int] = wall_ms
+    clock: Callable[[], int] = wall_ms  # the decisions' "now"
+    wall: Callable[[], int] = wall_ms  # the state's age, the outbox's times
+    event_time: bool = False  # decide as of the event-time watermark instead of `clock`
+    watermark: int = 0
     consumer: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     claim_idle_s: float = 60.0
     # A decided episode found unpublished is published again only this long after it was decided:
@@ -156,24 +164,30 @@ class TriggerService:
         raw = self.store.client.hgetall(user_key(self.settings, user_id))
         return {_s(k): _s(v) for k, v in raw.items()} if raw else None
 
-    def fresh(self, fields: dict[str, str], now_ms: int) -> bool:
+    def now(self) -> int:
+        return self.watermark if self.event_time else self.clock()
+
+    def fresh(self, fields: dict[str, str]) -> bool:
         """Whether the hash was written within the max age (wall clock)."""
         written = fields.get("updated_at", "")
         if not written.isdigit():
             return False
-        return now_ms - int(written) <= self.settings.trigger_max_state_age_s * 1000
+        return self.wall() - int(written) <= self.settings.trigger_max_state_age_s * 1000
 
     def handle_user(self, user_id: str, *, only: str | None = None) -> list[Decision]:
         """Evaluate one user as of now and perform every effect; the decisions recorded."""
         started = time.perf_counter()
-        now = self.clock()
         fields = self.read_user(user_id)
         if fields is None:
             self.metrics.changes.labels("missing").inc()
             return []
-        if not self.fresh(fields, now):
+        if not self.fresh(fields):
             self.metrics.changes.labels("stale").inc()
             return []
+        as_of = fields.get("as_of", "")
+        if as_of.isdigit():
+            self.watermark = max(self.watermark, int(as_of))
+        now = self.now()
         self.metrics.changes.labels("evaluated").inc()
         recorded = self.apply(evaluate(fields, self.rules, self.context, now, only=only), now)
         self.metrics.evaluation.observe(time.perf_counter() - started)
@@ -228,10 +242,10 @@ class TriggerService:
         records = {d.decision_id: orjson.dumps(d.record()) for d in recorded + published}
         for d in recorded + [p for p in published if p not in recorded]:
             self.publisher.decision(d.user_id, records[d.decision_id])
-        now = self.clock()
+        now, outbox = self.now(), self.wall()
         for d in published:
             if d.outcome == "sent" and d.send_at <= now:
-                self.publisher.notification(d.user_id, d.notification().to_json())
+                self.publisher.notification(d.user_id, d.notification(outbox).to_json())
         self.publisher.flush()
         for d in published:
             if d.outcome == "delayed":
@@ -250,7 +264,7 @@ class TriggerService:
         """Claim and run the schedule's due work; how many items ran."""
         done = 0
         for shard in self.store.schedule_keys():
-            leased, members = self.store.claim(shard, self.clock(), LEASE_MS, limit)
+            leased, members = self.store.claim(shard, self.now(), LEASE_MS, limit)
             for member in members:
                 kind, first, user = [*member.split("|", 2), "", ""][:3]
                 if kind == "eval":
@@ -280,7 +294,7 @@ class TriggerService:
         d = Decision(**{k: v for k, v in record.items() if k in Decision.__dataclass_fields__}, state=state, to=to)
         fields = self.read_user(user_id) or {}
         rule = self.rules.by_id().get(d.rule)
-        now = self.clock()
+        now = self.now()
         channel = choose_channel(fields, rule) if rule is not None else None
         if channel is None or channel[0] != d.channel:
             late = d.with_outcome("suppressed", "consent")
@@ -289,7 +303,7 @@ class TriggerService:
             return "consent_withdrawn"
         sent = Decision(**{**_fields(d), "outcome": "sent", "to": channel[1], "send_at": max(d.send_at, now)})
         self.publisher.decision(user_id, orjson.dumps(sent.record()))
-        self.publisher.notification(user_id, sent.notification().to_json())
+        self.publisher.notification(user_id, sent.notification(self.wall()).to_json())
         self.publisher.flush()
         self.store.log(user_id, [orjson.dumps(sent.record())])
         self.metrics.decisions.labels(sent.rule, "sent", "after_quiet_hours").inc()
@@ -385,6 +399,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--metrics-port", type=port, default=None, metavar="P", help="/metrics port [NUDGE_TRIGGERS_METRICS_PORT]"
     )
     parser.add_argument(
+        "--clock",
+        choices=("wall", "event"),
+        default="wall",
+        help="decide as of the wall clock, or as of the event-time watermark (replays, simulations) [wall]",
+    )
+    parser.add_argument(
         "--tick",
         type=number(0.05, 60, unit=" s"),
         default=1.0,
@@ -429,7 +449,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     publisher = Publisher(settings)
     metrics = TriggerMetrics()
     start_http_server(args.metrics_port or settings.triggers_metrics_port, registry=metrics.registry)
-    service = TriggerService(settings, rules, context, store, publisher, metrics)
+    service = TriggerService(settings, rules, context, store, publisher, metrics, event_time=args.clock == "event")
     stopping = False
 
     def _stop(*_: Any) -> None:

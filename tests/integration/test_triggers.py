@@ -161,13 +161,13 @@ def wait_for(predicate: object, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def in_process(s: Settings, clock: object = None) -> TriggerService:
+def in_process(s: Settings, wall: object = None) -> TriggerService:
     rules, context = load_context(s)
     client = sync_client(s)
     store = TriggerStore(client, prefix=s.triggers_key_prefix, shards=s.changes_shards, kept=s.decisions_kept)
     service = TriggerService(s, rules, context, store, Publisher(s), TriggerMetrics())
-    if clock is not None:
-        service.clock = clock  # type: ignore[assignment]
+    if wall is not None:
+        service.wall = wall  # type: ignore[assignment]
     service.ensure_groups()
     return service
 
@@ -287,7 +287,7 @@ def test_a_crash_between_the_guard_and_kafka_publishes_on_the_retry(scoped: Sett
 def test_stale_state_is_refused(scoped: Settings, tmp_path: Path) -> None:
     s = with_rules(scoped, tmp_path, ONE_RULE)
     client = sync_client(s)
-    service = in_process(s, clock=lambda: now_ms() + int(s.trigger_max_state_age_s * 1000) + 5000)
+    service = in_process(s, wall=lambda: now_ms() + int(s.trigger_max_state_age_s * 1000) + 5000)
     try:
         write_user(client, s, "old", 1)
         assert service.handle_user("old") == []
@@ -378,3 +378,29 @@ def _drained_stream(client: object, s: Settings, stream: str) -> bool:
     return all(
         int(g["pending"]) == 0 and int(g.get("lag") or 0) == 0 for g in groups if g["name"].decode() == s.triggers_group
     )
+
+
+def test_with_the_event_clock_a_replay_decides_in_simulated_time(scoped: Settings, tmp_path: Path) -> None:
+    """Days ago in event time: the cart's wait ends when the watermark passes it, not on the wall clock."""
+    s = with_rules(scoped, tmp_path, CART_RULES)
+    client = sync_client(s)
+    service = in_process(s)
+    service.event_time = True
+    past = now_ms() - 5 * 86_400_000
+    try:
+        write_user(client, s, "replayed", 1, as_of=str(past), last_add_to_cart_ts=str(past))
+        assert service.handle_user("replayed") == []
+        assert service.run_due() == 0  # the watermark is at the add: 3 s of event time to go
+        write_user(client, s, "other", 1, as_of=str(past + 2_000), cart_open="0")
+        service.handle_user("other")
+        assert service.run_due() == 0
+        write_user(client, s, "other", 2, as_of=str(past + 4_000), cart_open="0")
+        service.handle_user("other")
+        assert service.run_due() == 1
+    finally:
+        service.publisher.close()
+    (decision,) = [orjson.loads(v) for v in read_topic(s, s.topic_decisions, expect_at_least=1)]
+    assert decision["user_id"] == "replayed" and decision["outcome"] == "sent"
+    assert decision["decided_at"] == past + 4_000  # as of the watermark
+    (sent,) = [Notification.from_json(v) for v in read_topic(s, s.topic_notifications, expect_at_least=1)]
+    assert abs(sent.send_at - now_ms()) < 60_000  # the outbox runs on the wall clock: not expired on arrival

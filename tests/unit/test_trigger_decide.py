@@ -85,8 +85,9 @@ def test_an_abandoned_cart_is_proposed_after_the_wait_with_its_episode_key() -> 
     assert d.state["last_add_to_cart_ts"] == fields["last_add_to_cart_ts"]
     assert "push_token" not in d.state and "phone" not in d.state
     assert "tok-" not in str(d.record())
-    n = Notification.from_json(d.notification().to_json())
+    n = Notification.from_json(d.notification(NOON + 5).to_json())
     assert n.idempotency_key == d.idempotency_key and n.to == f"tok-{uid}" and n.campaign_id == "cart_abandonment"
+    assert (n.send_at, n.expires_at) == (NOON + 5, NOON + 5 + 86_400_000)  # outbox times: the wall clock's
 
 
 def test_a_purchase_after_the_add_cancels_the_cart_rule() -> None:
@@ -111,7 +112,7 @@ def test_win_back_carries_the_next_best_offer_and_waits_for_one() -> None:
     (p,) = evaluate(quiet, RULES, CONTEXT, NOON).proposals
     assert p.decision.rule == "win_back" and p.decision.offer_id == "sitewide10"
     assert "10% off" in p.decision.body
-    assert p.decision.notification().campaign_id == "sitewide10"  # the bandit's exposure joins on the offer
+    assert p.decision.notification(NOON).campaign_id == "sitewide10"  # the bandit's exposure joins on the offer
     no_offer = dict(quiet, nbo_offer="")
     assert evaluate(no_offer, RULES, CONTEXT, NOON).proposals == ()
     assert evaluate(dict(quiet, churn_score="0.5"), RULES, CONTEXT, NOON).proposals == ()
