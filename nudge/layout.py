@@ -14,7 +14,7 @@ every reader (`nudge state`, the trigger service, benchmarks).
 >>> changes_streams(s)
 ('nudge:changes:{0}', 'nudge:changes:{1}', 'nudge:changes:{2}', 'nudge:changes:{3}')
 >>> changes_stream_of(s, "u123"), user_key(s, "u123")
-('nudge:changes:{1}', 'user:u123')
+('nudge:changes:{2}', 'user:u123')
 """
 
 from __future__ import annotations

@@ -377,8 +377,11 @@ class _UserSim:
     Only the current unit and the units planned for the current local day are
     held, so merging thousands of users keeps memory small."""
 
-    def __init__(self, seed: int, profile: _Profile, rng: random.Random, start_ms: int, end_ms: int) -> None:
+    def __init__(
+        self, seed: int, profile: _Profile, rng: random.Random, start_ms: int, end_ms: int, *, exposures: bool = True
+    ) -> None:
         self.p = profile
+        self.exposures = exposures
         self.rng = rng
         self.start_ms = start_ms
         self.end_ms = end_ms
@@ -464,7 +467,8 @@ class _UserSim:
             ts = self._local_ms(day, rng.choice(SEND_HOURS))
             offer = rng.choice(OFFERS)
             converts = rng.random() < probs[offer.id]
-            if first <= ts < horizon:
+            # Drawn either way, so a run without the simulator's own offers has the same organic traffic.
+            if self.exposures and first <= ts < horizon:
                 self._plan(units, ts, "exposure", (offer, converts))
 
     def _run_unit(self, kind: str, t: int, payload: Any, units: list[_Unit], horizon: int) -> Iterator[EventDict]:
@@ -765,19 +769,22 @@ def _order_key(event: EventDict) -> tuple[int, str]:
     return event["ts"], event["event_id"]
 
 
-def _user_events(seed: int, index: int, start_ms: int, end_ms: int) -> Iterator[EventDict]:
+def _user_events(seed: int, index: int, start_ms: int, end_ms: int, *, exposures: bool = True) -> Iterator[EventDict]:
     profile, rng = _draw_profile(seed, index, start_ms, end_ms)
-    return _UserSim(seed, profile, rng, start_ms, end_ms).events()
+    return _UserSim(seed, profile, rng, start_ms, end_ms, exposures=exposures).events()
 
 
-def generate(users: int, days: float, seed: int, start: datetime = DEFAULT_START) -> Iterator[EventDict]:
+def generate(
+    users: int, days: float, seed: int, start: datetime = DEFAULT_START, *, exposures: bool = True
+) -> Iterator[EventDict]:
     """Every event of the run as canonical dicts, ordered by (ts, event_id).
 
     Each dict serialises (orjson) to exactly `dump_event(parse_event_obj(d))`.
     Users are generated lazily and merged, so memory grows with `users`, not
-    with the number of events."""
+    with the number of events. Without `exposures` the simulator sends no offers
+    of its own (with `--respond`, the offers are nudge's); the rest is unchanged."""
     start_ms, end_ms = _window(users, days, start)
-    streams = [_user_events(seed, index, start_ms, end_ms) for index in range(users)]
+    streams = [_user_events(seed, index, start_ms, end_ms, exposures=exposures) for index in range(users)]
     return heapq.merge(*streams, key=_order_key)
 
 
@@ -967,6 +974,7 @@ class SimulationSummary:
     users_by_cohort: dict[str, int]
     truth_path: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    responses: dict[str, int] | None = None  # with --respond: deliveries seen, reactions, purchases
 
     @property
     def rate(self) -> float:
@@ -983,6 +991,13 @@ class SimulationSummary:
         ]
         if self.truth_path:
             lines.append(f"truth:     {self.truth_path}")
+        if self.responses is not None:
+            r = self.responses
+            lines.append(
+                f"responses: {r.get('delivered', 0)} messages delivered to simulated users, "
+                f"{r.get('purchases', 0)} purchases and {r.get('events', 0)} events in reaction"
+                + (f" ({r['unmatched']} deliveries not found in the outbox)" if r.get("unmatched") else "")
+            )
         return "\n".join(lines)
 
 
@@ -1017,10 +1032,14 @@ def run_simulation(
     settings: Settings | None = None,
     rate: float | None = None,
     progress: bool = False,
+    respond: bool = False,
 ) -> SimulationSummary:
     """Generate a run and deliver it: to Kafka when `out` is None, to stdout for
     "-", else to a JSONL file (gzip'd if it ends in .gz). The ground truth goes
-    to `truth` (default <out>.truth.json for a file, none otherwise)."""
+    to `truth` (default <out>.truth.json for a file, none otherwise).
+
+    With `respond` (Kafka only), users react to the messages the mock provider
+    delivers (producers/respond.py) and the simulator sends no offers of its own."""
     _window(users, days, start)
     truth_doc = ground_truth(users, days, seed, start)
     cohorts = Counter(u["cohort"] for u in truth_doc["users"].values())
@@ -1029,9 +1048,17 @@ def run_simulation(
         truth_file = truth_path_for(out)
 
     began = time.perf_counter()
-    events = _paced(
-        _progress(generate(users, days, seed, start), progress, "simulate"), TokenBucket(rate) if rate else None
-    )
+    generated: Iterable[EventDict] = generate(users, days, seed, start, exposures=not respond)
+    responses: dict[str, int] | None = None
+    if respond:
+        if out is not None or settings is None:
+            raise ConfigError("simulate: --respond reacts to live deliveries, so it sends to Kafka (no --out)")
+        from producers.respond import DeliveryFeed, with_reactions
+
+        responses = {"delivered": 0, "events": 0, "purchases": 0, "unmatched": 0}
+        start_ms, end_ms = _window(users, days, start)
+        generated = with_reactions(generated, DeliveryFeed(settings), seed, users, start_ms, end_ms, responses)
+    events = _paced(_progress(generated, progress, "simulate"), TokenBucket(rate) if rate else None)
     by_type: Counter[str] = Counter()
 
     def counted(stream: Iterable[EventDict]) -> Iterator[EventDict]:
@@ -1077,6 +1104,7 @@ def run_simulation(
         users_by_cohort=dict(cohorts),
         truth_path=str(truth_file) if truth_file is not None else None,
         params=dict(truth_doc["params"]),
+        responses=responses,
     )
 
 
@@ -1156,8 +1184,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="ground-truth JSON (default <out>.truth.json with --out FILE)",
     )
+    parser.add_argument(
+        "--respond",
+        action="store_true",
+        help="close the loop: users react to the messages the mock provider delivers (nudge mock-providers), "
+        "buying with the ground truth's probabilities; the simulator then sends no offers of its own",
+    )
     parser.epilog = settings_epilog(
-        "kafka_bootstrap", "topic_clicks", "topic_purchases", "topic_app_events", "partitions", "max_future_ms"
+        "kafka_bootstrap",
+        "topic_clicks",
+        "topic_purchases",
+        "topic_app_events",
+        "topic_notifications",
+        "partitions",
+        "max_future_ms",
+        "data_dir",
     )
     parser.set_defaults(func=run)
 
@@ -1178,6 +1219,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             f"NUDGE_MAX_FUTURE_MS ({_iso(limit_ms)}): the stream would dead-letter those events; "
             "start earlier, or write them to a file with --out"
         )
+    if args.respond and args.out is not None:
+        raise UsageError("--respond reacts to live deliveries: it sends to Kafka, not to --out")
     if args.out is not None and args.truth is None and args.out != "-":
         problem = output_problem(truth_path_for(args.out))
         if problem:
@@ -1192,6 +1235,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         settings=settings,
         rate=args.rate,
         progress=True,
+        respond=args.respond,
     )
     # With events on stdout the summary must not mix into them.
     print(summary.format(), file=sys.stderr if args.out == "-" else sys.stdout)

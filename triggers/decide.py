@@ -28,11 +28,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+import orjson
+
 from nudge.notifications import Notification
 from triggers.guardrails import cap_buckets, choose_channel, in_holdout, quiet_until, user_zone, variant_for
 from triggers.rules import Rule, RuleSet, Store, nearest_store
 
-__all__ = ["Context", "Decision", "Evaluation", "Proposal", "evaluate", "idempotency_key", "state_read"]
+__all__ = ["Context", "Decision", "Evaluation", "Proposal", "evaluate", "idempotency_key", "replaced", "state_read"]
 
 Outcome = Literal["sent", "suppressed", "delayed"]
 # Hash fields never copied into a decision record or a template: contact points.
@@ -123,10 +125,21 @@ class Decision:
         )
 
     def with_outcome(self, outcome: Outcome, reason: str) -> Decision:
-        return _replace(self, outcome=outcome, reason=reason)
+        return replaced(self, outcome=outcome, reason=reason)
+
+    def stored(self) -> bytes:
+        """What the guard keeps for a decided episode: the record and the address, to publish it again."""
+        return orjson.dumps(self.record() | {"to": self.to})
+
+    @classmethod
+    def from_stored(cls, raw: bytes | str) -> Decision:
+        record = orjson.loads(raw)
+        fields = {k: v for k, v in record.items() if k in cls.__dataclass_fields__}
+        return cls(**fields)
 
 
-def _replace(d: Decision, **changes: Any) -> Decision:
+def replaced(d: Decision, **changes: Any) -> Decision:
+    """`d` with `changes`; its id follows its (key, outcome, reason)."""
     values = {name: getattr(d, name) for name in Decision.__dataclass_fields__}
     values.update(changes)
     values["decision_id"] = decision_id(values["idempotency_key"], values["outcome"], values["reason"])
@@ -252,7 +265,7 @@ def evaluate(
             continue
         send_at = quiet_until(now_ms, zone, g.quiet_start_min, g.quiet_end_min)
         quiet: Literal["ok", "delay", "drop"] = "ok" if send_at == now_ms else rule.quiet_hours
-        decision = _replace(base, send_at=send_at, outcome="delayed" if quiet == "delay" else "sent")
+        decision = replaced(base, send_at=send_at, outcome="delayed" if quiet == "delay" else "sent")
         proposals.append(
             Proposal(
                 decision=decision,

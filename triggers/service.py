@@ -52,7 +52,7 @@ from nudge.errors import ConfigError, DependencyUnavailable
 from nudge.layout import changes_streams, user_key
 from nudge.logs import display_url
 from nudge.settings import Settings
-from triggers.decide import Context, Decision, Evaluation, evaluate
+from triggers.decide import Context, Decision, Evaluation, evaluate, replaced
 from triggers.guardrails import choose_channel
 from triggers.rules import RuleSet, load_rules, load_stores
 from triggers.store import TriggerStore
@@ -201,8 +201,7 @@ class TriggerService:
         published: list[Decision] = []
         for proposal in ev.proposals:
             d = proposal.decision
-            stored = orjson.dumps(d.record() | {"to": d.to})
-            result = self.store.guard(proposal, now, stored)
+            result = self.store.guard(proposal, now, d.stored())
             if result.verdict == "replay":
                 self._replay(d.user_id, d.idempotency_key, result.detail, published, now)
                 continue
@@ -225,14 +224,12 @@ class TriggerService:
 
     def _replay(self, user_id: str, key: str, stored: str, published: list[Decision], now: int) -> None:
         """An episode already decided: publish it again only if its publishing never finished."""
-        record = orjson.loads(stored)
-        in_flight = now - int(record.get("decided_at", 0)) < self.republish_after_ms
-        if in_flight or self.store.client.hexists(self.store.key(user_id, "published"), key):
+        d = Decision.from_stored(stored)
+        if now - d.decided_at < self.republish_after_ms or self.store.client.hexists(
+            self.store.key(user_id, "published"), key
+        ):
             self.metrics.replays.labels("no").inc()
             return
-        to = record.pop("to", "")
-        state = record.pop("state", {})
-        d = Decision(**{k: v for k, v in record.items() if k in Decision.__dataclass_fields__}, state=state, to=to)
         published.append(d)
         self.metrics.replays.labels("yes").inc()
 
@@ -288,10 +285,7 @@ class TriggerService:
         stored = self.store.client.hget(self.store.key(user_id, "decided"), key)
         if stored is None:
             return "gone"
-        record = orjson.loads(stored)
-        to = record.pop("to", "")
-        state = record.pop("state", {})
-        d = Decision(**{k: v for k, v in record.items() if k in Decision.__dataclass_fields__}, state=state, to=to)
+        d = Decision.from_stored(stored)
         fields = self.read_user(user_id) or {}
         rule = self.rules.by_id().get(d.rule)
         now = self.now()
@@ -301,7 +295,7 @@ class TriggerService:
             if self.store.note(late, now):
                 self._publish([late], [])
             return "consent_withdrawn"
-        sent = Decision(**{**_fields(d), "outcome": "sent", "to": channel[1], "send_at": max(d.send_at, now)})
+        sent = replaced(d, outcome="sent", reason="after_quiet_hours", to=channel[1], send_at=max(d.send_at, now))
         self.publisher.decision(user_id, orjson.dumps(sent.record()))
         self.publisher.notification(user_id, sent.notification(self.wall()).to_json())
         self.publisher.flush()
@@ -356,10 +350,6 @@ class TriggerService:
                 next_tick = time.monotonic() + tick_s
             if self.poll_changes() == 0:
                 time.sleep(idle_sleep_s)
-
-
-def _fields(d: Decision) -> dict[str, Any]:
-    return {name: getattr(d, name) for name in Decision.__dataclass_fields__}
 
 
 def _cap_scope(counter: str) -> str:

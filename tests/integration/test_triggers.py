@@ -404,3 +404,46 @@ def test_with_the_event_clock_a_replay_decides_in_simulated_time(scoped: Setting
     assert decision["decided_at"] == past + 4_000  # as of the watermark
     (sent,) = [Notification.from_json(v) for v in read_topic(s, s.topic_notifications, expect_at_least=1)]
     assert abs(sent.send_at - now_ms()) < 60_000  # the outbox runs on the wall clock: not expired on arrival
+
+
+QUIET_RULES = ONE_RULE.replace(
+    'quiet_hours: {start: "00:00", end: "00:00"}', 'quiet_hours: {start: "22:00", end: "08:00"}'
+)
+
+
+@pytest.mark.parametrize("withdraws", [False, True])
+def test_a_message_delayed_by_quiet_hours_is_sent_when_they_end_unless_consent_went(
+    scoped: Settings, tmp_path: Path, withdraws: bool
+) -> None:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    s = with_rules(scoped, tmp_path, QUIET_RULES)
+    client = sync_client(s)
+    service = in_process(s)
+    night = int(datetime(2026, 7, 1, 23, 30, tzinfo=ZoneInfo("Pacific/Tongatapu")).timestamp() * 1000)
+    morning = int(datetime(2026, 7, 2, 8, 0, tzinfo=ZoneInfo("Pacific/Tongatapu")).timestamp() * 1000)
+    service.clock = lambda: night  # type: ignore[method-assign]
+    try:
+        write_user(client, s, "sleeper", 1, timezone="Pacific/Tongatapu")
+        (delayed,) = service.handle_user("sleeper")
+        assert (delayed.outcome, delayed.send_at) == ("delayed", morning)
+        assert read_topic(s, s.topic_notifications, timeout_s=2) == []
+        service.clock = lambda: morning - 60_000  # type: ignore[method-assign]
+        assert service.run_due() == 0
+        if withdraws:
+            write_user(client, s, "sleeper", 2, timezone="Pacific/Tongatapu", push_opt_in="0")
+        service.clock = lambda: morning  # type: ignore[method-assign]
+        assert service.run_due() == 1
+    finally:
+        service.publisher.close()
+    records = [orjson.loads(v) for v in read_topic(s, s.topic_decisions, expect_at_least=2)]
+    sent = read_topic(s, s.topic_notifications, timeout_s=3)
+    if withdraws:
+        assert [(r["outcome"], r["reason"]) for r in records] == [("delayed", ""), ("suppressed", "consent")]
+        assert sent == []
+    else:
+        assert [(r["outcome"], r["reason"]) for r in records] == [("delayed", ""), ("sent", "after_quiet_hours")]
+        assert records[0]["decision_id"] != records[1]["decision_id"]
+        (n,) = [Notification.from_json(v) for v in sent]
+        assert n.idempotency_key == delayed.idempotency_key

@@ -8,8 +8,11 @@ import importlib
 import pytest
 
 MODULES = [
+    "nudge.args",
     "nudge.events",
+    "nudge.layout",
     "nudge.logs",
+    "nudge.notifications",
     "nudge.settings",
     "nudge.topics",
     "producers.collector",
@@ -22,6 +25,18 @@ MODULES = [
     "models.snapshot",
     "streams.clock",
     "streams.trainer",
+    "triggers.rules",
+    "triggers.guardrails",
+    "triggers.why",
+    "triggers.report",
+    "delivery.ledger",
+    "delivery.policy",
+    "delivery.plan",
+    "delivery.results",
+    "delivery.fcm",
+    "delivery.twilio",
+    "delivery.webhook",
+    "delivery.mock_providers",
 ]
 
 
