@@ -30,11 +30,22 @@ from typing import Any, Final, Literal
 
 import orjson
 
+from features.lifecycle import classify
 from nudge.notifications import Notification
 from triggers.guardrails import cap_buckets, choose_channel, in_holdout, quiet_until, user_zone, variant_for
 from triggers.rules import Rule, RuleSet, Store, nearest_store
 
-__all__ = ["Context", "Decision", "Evaluation", "Proposal", "evaluate", "idempotency_key", "replaced", "state_read"]
+__all__ = [
+    "Context",
+    "Decision",
+    "Evaluation",
+    "Proposal",
+    "as_of_now",
+    "evaluate",
+    "idempotency_key",
+    "replaced",
+    "state_read",
+]
 
 Outcome = Literal["sent", "suppressed", "delayed"]
 # Hash fields never copied into a decision record or a template: contact points.
@@ -189,6 +200,26 @@ def state_read(rule: Rule, fields: Mapping[str, str]) -> dict[str, str]:
     return {n: fields.get(n, "") for n in dict.fromkeys(names) if n not in PRIVATE_FIELDS}
 
 
+def as_of_now(fields: Mapping[str, str], now_ms: int) -> Mapping[str, str]:
+    """The state with the fields that depend on time read as of `now_ms`: the lifecycle stage.
+
+    The worker writes the stage as of the user's latest event, where a user is
+    new or active by definition; a silent user is at risk only as of now.
+
+    >>> DAY = 86_400_000
+    >>> as_of_now({"first_seen": "0", "last_event_ts": str(DAY), "lifecycle": "new"}, 10 * DAY)["lifecycle"]
+    'at_risk'
+    """
+    first, last = _ms(fields.get("first_seen")), _ms(fields.get("last_event_ts"))
+    if first is None or last is None:
+        return fields
+    return {**fields, "lifecycle": classify(first_seen=first, last_event_ts=last, now=max(now_ms, last))}
+
+
+def _ms(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
+
+
 def evaluate(
     fields: Mapping[str, str],
     rules: RuleSet,
@@ -201,6 +232,7 @@ def evaluate(
     user_id = fields.get("user_id", "")
     if not user_id:
         return Evaluation()
+    fields = as_of_now(fields, now_ms)
     final: list[Decision] = []
     proposals: list[Proposal] = []
     waits: list[tuple[str, int]] = []
@@ -226,9 +258,9 @@ def evaluate(
         episode = [values.get(name, "") for name in rule.once_per]
         if not all(episode):
             continue  # no episode to name (e.g. never added to a cart): nothing to decide
-        offer_id = fields.get("nbo_offer", "") if rule.offer else ""
-        if rule.offer and not offer_id:
-            continue  # an offer campaign with no offer chosen yet for this user
+        offer_id = rule.offer if isinstance(rule.offer, str) else fields.get("nbo_offer", "") if rule.offer else ""
+        if rule.offer is not False and not offer_id:
+            continue  # a next-best-offer campaign, and no offer chosen yet for this user
         variant = variant_for(user_id, rule)
         values.update(
             rule=rule.id, variant=variant.id, offer_id=offer_id, offer_name=context.offer_names.get(offer_id, offer_id)

@@ -311,7 +311,7 @@ class Rule:
     quiet_hours: Literal["delay", "drop"]
     transactional: bool
     holdout: float | None  # None: the global holdout
-    offer: bool
+    offer: bool | str  # True: the user's next-best offer (nbo_offer); an id: that catalog offer
     variants: tuple[Variant, ...]
     wait: Wait | None = None
     near_store_m: float | None = None
@@ -532,10 +532,14 @@ def _rule(where: _Where, raw: Any, parent: Any) -> Rule:
     if quiet not in ("delay", "drop"):
         raise fail(f"quiet_hours must be delay or drop, got {quiet!r}", key="quiet_hours")
     transactional = raw.get("transactional", False)
+    if not isinstance(transactional, bool):
+        raise fail(f"transactional must be true or false, got {transactional!r}", key="transactional")
     offer = raw.get("offer", False)
-    for name, flag in (("transactional", transactional), ("offer", offer)):
-        if not isinstance(flag, bool):
-            raise fail(f"{name} must be true or false, got {flag!r}", key=name)
+    if not isinstance(offer, bool) and not (isinstance(offer, str) and _ID.match(offer)):
+        raise fail(
+            f"offer must be true (the user's next-best offer), false, or an offer id from the catalog, got {offer!r}",
+            key="offer",
+        )
     holdout = raw.get("holdout")
     if holdout is not None:
         holdout = _share(w, raw, holdout, f"rule {rid!r}: holdout")
@@ -556,7 +560,7 @@ def _rule(where: _Where, raw: Any, parent: Any) -> Rule:
             max_age = parse_duration(raw["max_state_age"])
         except ValueError as exc:
             raise fail(f"max_state_age: {exc}", key="max_state_age") from None
-    variants = _variants(raw, fail, offer=offer, near=near is not None)
+    variants = _variants(raw, fail, offer=offer is not False, near=near is not None)
     return Rule(
         id=rid,
         priority=priority,
@@ -661,7 +665,7 @@ def _message(node: Any, what: str, fail: Any, *, offer: bool, near: bool) -> Mes
     for text in (title, body):
         for _, name, _, _ in string.Formatter().parse(text):
             if name in ("offer_id", "offer_name") and not offer:
-                raise fail(f"{what}: {{{name}}} needs `offer: true` on the rule", node)
+                raise fail(f"{what}: {{{name}}} needs `offer:` on the rule (true or an offer id)", node)
             if name in ("store_id", "store_name") and not near:
                 raise fail(f"{what}: {{{name}}} needs a near_store condition", node)
     return Message(title, body)

@@ -371,6 +371,11 @@ def load_context(settings: Settings) -> tuple[RuleSet, Context]:
     if any(r.near_store_m is not None for r in rules.rules) and not stores:
         raise ConfigError(f"{settings.rules_path}: a rule uses near_store but {settings.stores_path} has no stores")
     offers = {o.id: o.name for o in load_offers(settings.offers_path)}
+    for r in rules.rules:
+        if isinstance(r.offer, str) and r.offer not in offers:
+            raise ConfigError(
+                f"{settings.rules_path}:{r.line}: rule {r.id!r}: offer {r.offer!r} is not in {settings.offers_path}"
+            )
     return rules, Context(stores=stores, offer_names=offers)
 
 

@@ -41,6 +41,10 @@ def user(uid: str = "u1", **fields: str) -> dict[str, str]:
     return base
 
 
+# Quiet for 8 days as of NOON: at risk as of now (whatever the stored lifecycle says), past win-back's wait.
+SILENT_8D = {"last_event_ts": str(NOON - 8 * 86_400_000), "as_of": str(NOON - 8 * 86_400_000), "lifecycle": "active"}
+
+
 def not_held_out(rule_id: str, n: int = 1) -> list[str]:
     rule = RULES.by_id()[rule_id]
     out = [u for u in (f"u{i}" for i in range(1000)) if not in_holdout(u, rule, RULES.guardrails.holdout)]
@@ -108,7 +112,7 @@ def test_the_same_episode_has_the_same_key_and_a_new_cart_a_new_one() -> None:
 
 def test_win_back_carries_the_next_best_offer_and_waits_for_one() -> None:
     uid = not_held_out("win_back")[0]
-    quiet = user(uid, churn_score="0.91", lifecycle="at_risk", nbo_offer="sitewide10", nbo_score="0.2")
+    quiet = user(uid, churn_score="0.91", **SILENT_8D, nbo_offer="sitewide10", nbo_score="0.2")
     (p,) = evaluate(quiet, RULES, CONTEXT, NOON).proposals
     assert p.decision.rule == "win_back" and p.decision.offer_id == "sitewide10"
     assert "10% off" in p.decision.body
@@ -120,7 +124,7 @@ def test_win_back_carries_the_next_best_offer_and_waits_for_one() -> None:
 
 def test_no_consent_is_a_final_suppression() -> None:
     uid = not_held_out("win_back")[0]
-    fields = user(uid, churn_score="0.9", lifecycle="dormant", nbo_offer="sitewide10", push_opt_in="0", sms_opt_in="0")
+    fields = user(uid, churn_score="0.9", **SILENT_8D, nbo_offer="sitewide10", push_opt_in="0", sms_opt_in="0")
     ev = evaluate(fields, RULES, CONTEXT, NOON)
     assert ev.proposals == ()
     assert [(d.rule, d.outcome, d.reason) for d in ev.final] == [("win_back", "suppressed", "consent")]
@@ -128,7 +132,7 @@ def test_no_consent_is_a_final_suppression() -> None:
 
 def test_the_holdout_is_recorded_not_sent() -> None:
     uid = held_out("win_back")
-    fields = user(uid, churn_score="0.9", lifecycle="dormant", nbo_offer="sitewide10")
+    fields = user(uid, churn_score="0.9", **SILENT_8D, nbo_offer="sitewide10")
     ev = evaluate(fields, RULES, CONTEXT, NOON)
     assert [(d.outcome, d.reason) for d in ev.final] == [("suppressed", "holdout")]
     assert ev.proposals == ()
@@ -140,7 +144,7 @@ def test_the_holdout_is_recorded_not_sent() -> None:
 def test_quiet_hours_delay_to_8_local(zone: str, hour: int, quiet: str) -> None:
     uid = not_held_out("win_back")[0]
     now = int(datetime(2026, 6, 1, hour, 0, tzinfo=ZoneInfo(zone)).timestamp() * 1000)
-    fields = user(uid, timezone=zone, churn_score="0.9", lifecycle="dormant", nbo_offer="sitewide10")
+    fields = user(uid, timezone=zone, churn_score="0.9", **SILENT_8D, nbo_offer="sitewide10")
     (p,) = evaluate(fields, RULES, CONTEXT, now).proposals
     assert p.quiet == quiet and p.decision.outcome == "delayed"
     at = datetime.fromtimestamp(p.decision.send_at / 1000, ZoneInfo(zone))
@@ -183,9 +187,31 @@ def test_proposals_come_highest_priority_first() -> None:
         for u in (f"u{i}" for i in range(1000))
         if not any(in_holdout(u, r, RULES.guardrails.holdout) for r in RULES.rules)
     )
-    both = cart(uid, 45, churn_score="0.9", lifecycle="at_risk", nbo_offer="sitewide10")
+    both = cart(uid, 45, churn_score="0.9", **SILENT_8D, nbo_offer="sitewide10")
     rules = [p.decision.rule for p in evaluate(both, RULES, CONTEXT, NOON).proposals]
     assert rules[:2] == ["cart_abandonment", "win_back"]
+
+
+def test_lifecycle_is_read_as_of_now_and_win_back_waits_for_the_silence() -> None:
+    uid = not_held_out("win_back")[0]
+    recent = user(uid, churn_score="0.95", lifecycle="at_risk", nbo_offer="sitewide10")  # stored stage: ignored
+    ev = evaluate(recent, RULES, CONTEXT, NOON, only="win_back")
+    assert ev.proposals == () and ev.waits == ()  # active as of now: the conditions do not hold
+    three_days = {"last_event_ts": str(NOON - 3 * 86_400_000), "first_seen": str(NOON - 90 * 86_400_000)}
+    assert evaluate(dict(recent, **three_days), RULES, CONTEXT, NOON, only="win_back").proposals == ()
+    (p,) = evaluate(dict(recent, **SILENT_8D), RULES, CONTEXT, NOON, only="win_back").proposals
+    assert p.decision.state["lifecycle"] == "at_risk"
+
+
+def test_a_rule_may_name_a_fixed_offer() -> None:
+    from triggers.rules import parse_rules
+
+    rules = parse_rules(
+        "version: 1\nrules:\n  - id: promo\n    when: [{cart_open: {eq: 1}}]\n    once_per: [last_add_to_cart_ts]\n"
+        "    cooldown: 1d\n    offer: fashion30\n    holdout: 0.0\n    message: {body: '{offer_name}'}\n"
+    )
+    (p,) = evaluate(cart("u1", 1), rules, Context(offer_names={"fashion30": "30% off fashion"}), NOON).proposals
+    assert (p.decision.offer_id, p.decision.body) == ("fashion30", "30% off fashion")
 
 
 def test_a_state_without_a_user_id_decides_nothing() -> None:
