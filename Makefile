@@ -30,8 +30,8 @@ up: install system-deps ## start the local stack (Kafka KRaft + Redis)
 down: ## stop the local stack
 	$(NUDGE) stack down
 
-demo: up ## start the stack, produce simulated traffic, show it flowing
-	$(BIN)/python -m bench.demo
+demo: up ## the whole loop on the local stack: traffic -> worker -> triggers -> delivery -> users react -> report
+	$(BIN)/python -m bench.loop
 
 test: install system-deps ## the whole suite: lint, types, layers, unit and integration tests
 	$(BIN)/ruff check .

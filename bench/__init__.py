@@ -8,6 +8,7 @@ the stream worker that `nudge bench pipeline` needs.
 - produce   raw Kafka ceiling vs simulator -> Kafka vs replay -> Kafka (bench/produce.py)
 - collect   the HTTP collector against the raw producer rate (bench/collect.py)
 - pipeline  end-to-end events -> Redis state throughput and latency (bench/pipeline.py)
+- triggers  trigger decisions/s vs raw Redis stream reads; event -> provider latency (bench/triggers.py)
 
 `nudge eval` (bench/evaluate.py) lives here too: it drives the same parts in one process.
 """
@@ -28,6 +29,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "produce": ("bench.produce", "events/s into Kafka: raw client ceiling, simulator, replay"),
     "collect": ("bench.collect", "HTTP collector: events/s and latency by batch size and clients, vs raw producer"),
     "pipeline": ("bench.pipeline", "events -> worker -> Redis: throughput and end-to-end latency"),
+    "triggers": ("bench.triggers", "trigger decisions/s vs raw Redis stream reads; event -> provider latency"),
 }
 
 

@@ -81,10 +81,12 @@ class Delivered:
 
 
 def _index(user_id: str) -> int | None:
-    """The simulator's user index from its id (u00042 -> 42); None for a user it did not make."""
-    if len(user_id) < 2 or user_id[0] != "u" or not user_id[1:].isdigit():
+    """The simulator's user index from its id (u00042 -> 42, or a run's tagged d1234-u00042 -> 42);
+    None for a user it did not make."""
+    local = user_id.rsplit("-", 1)[-1]
+    if len(local) < 2 or local[0] != "u" or not local[1:].isdigit():
         return None
-    return int(user_id[1:])
+    return int(local[1:])
 
 
 def reactions(seed: int, users: int, start_ms: int, end_ms: int, delivered: Delivered, at_ms: int) -> list[EventDict]:

@@ -11,8 +11,10 @@ as the worker wrote them) and returns an `Evaluation`:
   quiet-hours verdict (send now, delay to `send_at`, or drop). The shell
   (triggers.service) sends at most one message per user per evaluation:
   the first proposal the guard lets through;
-- `waits`: wait-for rules whose conditions hold but whose wait has not
-  elapsed (cart abandonment): when to evaluate them again.
+- `waits`: wait-for rules whose wait has not elapsed (a cart added to 10
+  minutes ago, a user quiet for 2 days): when to evaluate them again. The
+  conditions are checked then, not now: a win-back's "quiet for 7 days" can
+  only hold once the wait is over.
 
 An *episode* is what a rule's `once_per` fields name (one abandoned cart,
 one silence, one tier reached). The idempotency key hashes the rule, the
@@ -242,15 +244,17 @@ def evaluate(
     for rule in rules.rules:
         if only is not None and rule.id != only:
             continue
-        if not rule.matches(fields, now_ms, context.stores):
-            continue
         if rule.wait is not None:
+            # Wait-for: look again when the wait ends, whatever holds now (a win-back's silence is
+            # what the wait is for); the conditions are checked then.
             due = rule.due_at(fields)
             if due is None:
                 continue
             if now_ms < due:
                 waits.append((rule.id, due))
                 continue
+        if not rule.matches(fields, now_ms, context.stores):
+            continue
         store = nearest_store(fields, context.stores, rule.near_store_m) if rule.near_store_m is not None else None
         values = {k: v for k, v in fields.items() if k not in PRIVATE_FIELDS}
         if store is not None:

@@ -140,6 +140,14 @@ class Publisher:
         self.producer.close(timeout=10)
 
 
+@dataclass(slots=True)
+class _Batch:
+    """Decisions of one batch of changes (or of due work), published together: one wait for Kafka."""
+
+    recorded: list[Decision] = field(default_factory=list)  # the audit: every decision made
+    published: list[Decision] = field(default_factory=list)  # sent or delayed (or republished after a crash)
+
+
 @dataclass
 class TriggerService:
     settings: Settings
@@ -160,10 +168,6 @@ class TriggerService:
     _last_claim: float = 0.0
 
     # --- one user ---------------------------------------------------------------------
-    def read_user(self, user_id: str) -> dict[str, str] | None:
-        raw = self.store.client.hgetall(user_key(self.settings, user_id))
-        return {_s(k): _s(v) for k, v in raw.items()} if raw else None
-
     def now(self) -> int:
         return self.watermark if self.event_time else self.clock()
 
@@ -176,53 +180,66 @@ class TriggerService:
 
     def handle_user(self, user_id: str, *, only: str | None = None) -> list[Decision]:
         """Evaluate one user as of now and perform every effect; the decisions recorded."""
+        batch = _Batch()
+        self.decide(user_id, self.read_users([user_id]).get(user_id), batch, only=only)
+        self.publish(batch)
+        return batch.recorded
+
+    def read_users(self, user_ids: list[str]) -> dict[str, dict[str, str]]:
+        """The users' hashes, in one round trip (absent users left out)."""
+        pipe = self.store.client.pipeline(transaction=False)
+        for user in user_ids:
+            pipe.hgetall(user_key(self.settings, user))
+        out = {}
+        for user, raw in zip(user_ids, pipe.execute(), strict=True):
+            if raw:
+                out[user] = {_s(k): _s(v) for k, v in raw.items()}
+        return out
+
+    def decide(self, user_id: str, fields: dict[str, str] | None, batch: _Batch, *, only: str | None = None) -> None:
+        """Evaluate one user's state as of now and pass it through the guard; effects go to `batch`."""
         started = time.perf_counter()
-        fields = self.read_user(user_id)
         if fields is None:
             self.metrics.changes.labels("missing").inc()
-            return []
+            return
         if not self.fresh(fields):
             self.metrics.changes.labels("stale").inc()
-            return []
+            return
         as_of = fields.get("as_of", "")
         if as_of.isdigit():
             self.watermark = max(self.watermark, int(as_of))
         now = self.now()
         self.metrics.changes.labels("evaluated").inc()
-        recorded = self.apply(evaluate(fields, self.rules, self.context, now, only=only), now)
+        self.apply(evaluate(fields, self.rules, self.context, now, only=only), now, batch)
         self.metrics.evaluation.observe(time.perf_counter() - started)
-        return recorded
 
-    def apply(self, ev: Evaluation, now: int) -> list[Decision]:
-        """Guard, publish and log an evaluation's decisions; schedule its waits."""
+    def apply(self, ev: Evaluation, now: int, batch: _Batch) -> None:
+        """Guard an evaluation's decisions and schedule its waits; what to publish goes to `batch`."""
         for rule_id, due in ev.waits:
             self.store.schedule(ev.user_id, f"eval|{rule_id}|{ev.user_id}", due)
-        recorded: list[Decision] = [d for d in ev.final if self.store.note(d, now)]
-        published: list[Decision] = []
+        batch.recorded += [d for d in ev.final if self.store.note(d, now)]
         for proposal in ev.proposals:
             d = proposal.decision
             result = self.store.guard(proposal, now, d.stored())
             if result.verdict == "replay":
-                self._replay(d.user_id, d.idempotency_key, result.detail, published, now)
+                self._replay(d.user_id, d.idempotency_key, result.detail, batch, now)
                 continue
             if result.verdict in ("dedupe", "cap"):
                 reason = result.verdict if result.verdict == "dedupe" else f"cap:{_cap_scope(result.detail)}"
                 suppressed = d.with_outcome("suppressed", reason)
                 if self.store.note(suppressed, now):
-                    recorded.append(suppressed)
+                    batch.recorded.append(suppressed)
                 continue
             if proposal.quiet == "drop":
                 suppressed = d.with_outcome("suppressed", "quiet_hours")
                 if self.store.note(suppressed, now):
-                    recorded.append(suppressed)
+                    batch.recorded.append(suppressed)
                 continue
-            recorded.append(d)
-            published.append(d)
+            batch.recorded.append(d)
+            batch.published.append(d)
             break  # one message per user per evaluation: the highest priority that passed
-        self._publish(recorded, published)
-        return recorded
 
-    def _replay(self, user_id: str, key: str, stored: str, published: list[Decision], now: int) -> None:
+    def _replay(self, user_id: str, key: str, stored: str, batch: _Batch, now: int) -> None:
         """An episode already decided: publish it again only if its publishing never finished."""
         d = Decision.from_stored(stored)
         if now - d.decided_at < self.republish_after_ms or self.store.client.hexists(
@@ -230,10 +247,12 @@ class TriggerService:
         ):
             self.metrics.replays.labels("no").inc()
             return
-        published.append(d)
+        batch.published.append(d)
         self.metrics.replays.labels("yes").inc()
 
-    def _publish(self, recorded: list[Decision], published: list[Decision]) -> None:
+    def publish(self, batch: _Batch) -> None:
+        """Produce a batch's decisions and messages, wait for Kafka, then mark, schedule and log them."""
+        recorded, published = batch.recorded, batch.published
         if not recorded and not published:
             return
         records = {d.decision_id: orjson.dumps(d.record()) for d in recorded + published}
@@ -244,11 +263,13 @@ class TriggerService:
             if d.outcome == "sent" and d.send_at <= now:
                 self.publisher.notification(d.user_id, d.notification(outbox).to_json())
         self.publisher.flush()
+        pipe = self.store.client.pipeline(transaction=False)
         for d in published:
             if d.outcome == "delayed":
-                self.store.schedule(d.user_id, f"send|{d.idempotency_key}|{d.user_id}", d.send_at)
-            self.store.client.hset(self.store.key(d.user_id, "published"), d.idempotency_key, str(now))
-            self.store.client.expire(self.store.key(d.user_id, "published"), 400 * 86_400)
+                pipe.zadd(self.store.schedule_key(d.user_id), {f"send|{d.idempotency_key}|{d.user_id}": d.send_at})
+            pipe.hset(self.store.key(d.user_id, "published"), d.idempotency_key, str(now))
+            pipe.expire(self.store.key(d.user_id, "published"), 400 * 86_400)
+        pipe.execute()
         by_user: dict[str, list[bytes]] = {}
         for d in recorded:
             by_user.setdefault(d.user_id, []).append(records[d.decision_id])
@@ -262,45 +283,45 @@ class TriggerService:
         done = 0
         for shard in self.store.schedule_keys():
             leased, members = self.store.claim(shard, self.now(), LEASE_MS, limit)
-            for member in members:
-                kind, first, user = [*member.split("|", 2), "", ""][:3]
+            if not members:
+                continue
+            batch = _Batch()
+            work = [(m, *[*m.split("|", 2), "", ""][:3]) for m in members]
+            states = self.read_users(list(dict.fromkeys(user for _, _, _, user in work)))
+            for _, kind, first, user in work:
+                before = len(batch.published)
                 if kind == "eval":
-                    result = (
-                        "fired"
-                        if any(d.outcome != "suppressed" for d in self.handle_user(user, only=first))
-                        else "evaluated"
-                    )
+                    self.decide(user, states.get(user), batch, only=first)
+                    result = "fired" if len(batch.published) > before else "evaluated"
                 elif kind == "send":
-                    result = self._send_delayed(user, first)
+                    result = self._send_delayed(user, first, states.get(user) or {}, batch)
                 else:
                     result = "unknown"
                 self.metrics.scheduled.labels(kind, result).inc()
+            self.publish(batch)
+            for member, *_ in work:
                 self.store.done(shard, member, leased)
-                done += 1
+            done += len(work)
         self.metrics.schedule_depth.set(self.store.pending())
         return done
 
-    def _send_delayed(self, user_id: str, key: str) -> str:
+    def _send_delayed(self, user_id: str, key: str, fields: dict[str, str], batch: _Batch) -> str:
         """A delayed message's quiet hours ended: send it if the user still consents."""
         stored = self.store.client.hget(self.store.key(user_id, "decided"), key)
         if stored is None:
             return "gone"
         d = Decision.from_stored(stored)
-        fields = self.read_user(user_id) or {}
         rule = self.rules.by_id().get(d.rule)
         now = self.now()
         channel = choose_channel(fields, rule) if rule is not None else None
         if channel is None or channel[0] != d.channel:
             late = d.with_outcome("suppressed", "consent")
             if self.store.note(late, now):
-                self._publish([late], [])
+                batch.recorded.append(late)
             return "consent_withdrawn"
         sent = replaced(d, outcome="sent", reason="after_quiet_hours", to=channel[1], send_at=max(d.send_at, now))
-        self.publisher.decision(user_id, orjson.dumps(sent.record()))
-        self.publisher.notification(user_id, sent.notification(self.wall()).to_json())
-        self.publisher.flush()
-        self.store.log(user_id, [orjson.dumps(sent.record())])
-        self.metrics.decisions.labels(sent.rule, "sent", "after_quiet_hours").inc()
+        batch.recorded.append(sent)
+        batch.published.append(sent)
         return "sent"
 
     # --- the changes streams ---------------------------------------------------------
@@ -333,10 +354,12 @@ class TriggerService:
             self._last_claim = time.monotonic()
         read = 0
         for stream, entries in batches:
-            users = dict.fromkeys(_s(e[1].get(b"user_id", e[1].get("user_id", ""))) for e in entries if e[1])
+            users = [u for u in dict.fromkeys(_s(e[1].get(b"user_id", b"")) for e in entries if e[1]) if u]
+            states = self.read_users(users)
+            batch = _Batch()
             for user in users:
-                if user:
-                    self.handle_user(user)
+                self.decide(user, states.get(user), batch)
+            self.publish(batch)
             client.xack(stream, group, *[e[0] for e in entries])
             read += len(entries)
         return read

@@ -230,6 +230,14 @@ CASES = [
     case(["bench", "pipeline", "--users", "0"], 2, "--users: expected an integer 1..100000"),
     case(["bench", "pipeline", "--web-port", "80"], 2, "--web-port: expected an integer 1024..65533"),
     case(["bench", "pipeline", "--out-dir", "/proc/version"], 2, "/proc/version is not a directory"),
+    case(["bench", "triggers", "--changes", "10"], 2, "--changes: expected an integer 1000..1000000, got '10'"),
+    case(["bench", "triggers", "--changes", "9999999999"], 2, "the backlog is written to Redis first"),
+    case(["bench", "triggers", "--users", "0"], 2, "--users: expected an integer 1..1000000, got '0'"),
+    case(["bench", "triggers", "--rate", "nan"], 2, "--rate: expected a number >= 10 and <= 20000 events/s"),
+    case(["bench", "triggers", "--rate", "1"], 2, "--rate: expected a number >= 10"),
+    case(["bench", "triggers", "--seconds", "-3"], 2, "--seconds: expected a number >= 5 and <= 600 s"),
+    case(["bench", "triggers", "--out", "/proc/version"], 2, "--out: cannot write into /proc/version"),
+    case(["bench", "triggers", "--bogus"], 2, "unrecognized arguments: --bogus"),
 ]  # fmt: skip
 
 

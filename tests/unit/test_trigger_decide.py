@@ -71,7 +71,7 @@ def test_a_fresh_cart_waits_and_is_scheduled_for_30_minutes_after_the_add() -> N
     uid = not_held_out("cart_abandonment")[0]
     ev = evaluate(cart(uid, 10), RULES, CONTEXT, NOON)
     assert ev.proposals == ()
-    assert ev.waits == (("cart_abandonment", NOON + 20 * MIN),)
+    assert dict(ev.waits)["cart_abandonment"] == NOON + 20 * MIN
 
 
 def test_an_abandoned_cart_is_proposed_after_the_wait_with_its_episode_key() -> None:
@@ -196,7 +196,8 @@ def test_lifecycle_is_read_as_of_now_and_win_back_waits_for_the_silence() -> Non
     uid = not_held_out("win_back")[0]
     recent = user(uid, churn_score="0.95", lifecycle="at_risk", nbo_offer="sitewide10")  # stored stage: ignored
     ev = evaluate(recent, RULES, CONTEXT, NOON, only="win_back")
-    assert ev.proposals == () and ev.waits == ()  # active as of now: the conditions do not hold
+    # active as of now: nothing to send, but a look again once 7 days of silence would have passed
+    assert ev.proposals == () and ev.waits == (("win_back", int(recent["last_event_ts"]) + 7 * 86_400_000),)
     three_days = {"last_event_ts": str(NOON - 3 * 86_400_000), "first_seen": str(NOON - 90 * 86_400_000)}
     assert evaluate(dict(recent, **three_days), RULES, CONTEXT, NOON, only="win_back").proposals == ()
     (p,) = evaluate(dict(recent, **SILENT_8D), RULES, CONTEXT, NOON, only="win_back").proposals
