@@ -84,7 +84,9 @@ def _scrape_targets(path: Path) -> dict[str, list[str]]:
 
 
 def test_all_services_exist(services: dict[str, Any]) -> None:
-    assert {"kafka", "redis", "topics", "worker", "collector", "prometheus", "grafana"} <= set(services)
+    assert {"kafka", "redis", "topics", "worker", "collector", "triggers", "deliver", "prometheus", "grafana"} <= set(
+        services
+    )
 
 
 def test_images_are_pinned(services: dict[str, Any]) -> None:
@@ -108,7 +110,7 @@ def test_kafka_image_matches_the_local_broker_release(services: dict[str, Any]) 
 
 
 def test_long_running_services_have_healthchecks(services: dict[str, Any]) -> None:
-    for name in ("kafka", "redis", "worker", "collector", "prometheus", "grafana"):
+    for name in ("kafka", "redis", "worker", "collector", "triggers", "deliver", "prometheus", "grafana"):
         test = services[name].get("healthcheck", {}).get("test")
         assert test and test != ["NONE"], f"{name} has no healthcheck"
     assert "kafka-broker-api-versions.sh" in str(services["kafka"]["healthcheck"]["test"])
@@ -259,6 +261,8 @@ def test_prometheus_scrapes_worker_and_collector_on_their_container_ports(servic
     collector_port = _env(services["collector"])["NUDGE_COLLECTOR_PORT"]
     assert targets["nudge-worker"] == [f"worker:{worker_port}"]
     assert targets["nudge-collector"] == [f"collector:{collector_port}"]
+    assert targets["nudge-triggers"] == [f"triggers:{_env(services['triggers'])['NUDGE_TRIGGERS_METRICS_PORT']}"]
+    assert targets["nudge-deliver"] == [f"deliver:{_env(services['deliver'])['NUDGE_DELIVERY_METRICS_PORT']}"]
     mounts = services["prometheus"]["volumes"]
     assert "./deploy/prometheus:/etc/prometheus:ro" in mounts
     assert "--config.file=/etc/prometheus/prometheus.yml" in services["prometheus"]["command"]
@@ -269,6 +273,8 @@ def test_local_prometheus_scrapes_the_default_local_ports() -> None:
     targets = _scrape_targets(PROMETHEUS_LOCAL)
     assert targets["nudge-worker"] == [f"127.0.0.1:{s.worker_metrics_port}"]
     assert targets["nudge-collector"] == [f"127.0.0.1:{s.collector_port}"]
+    assert targets["nudge-triggers"] == [f"127.0.0.1:{s.triggers_metrics_port}"]
+    assert targets["nudge-deliver"] == [f"127.0.0.1:{s.delivery_metrics_port}"]
 
 
 @pytest.mark.parametrize("path", [PROMETHEUS, PROMETHEUS_LOCAL], ids=lambda p: p.name)
