@@ -40,6 +40,7 @@ from typing import Any, Final
 
 from tqdm import tqdm
 
+from bench.scope import drop_run
 from nudge.errors import NudgeError
 from nudge.settings import Settings
 from producers.respond import DeliveryFeed, with_reactions
@@ -131,25 +132,6 @@ def _retag(events: Iterator[EventDict], tag: str) -> Iterator[EventDict]:
         event["user_id"] = f"{tag}-{event['user_id']}"
         event["event_id"] = f"{tag}-{event['event_id']}"
         yield event
-
-
-def _drop_topics(settings: Settings, scope: str) -> None:
-    """The run's topics go; its users' state and decisions stay in Redis (they expire with their TTL)."""
-    from nudge.topics import admin_client
-
-    admin = admin_client(settings)
-    try:
-        doomed = [t for t in admin.list_topics() if t.startswith(f"{scope}-") or t.startswith(f"{scope}")]
-        if doomed:
-            admin.delete_topics(doomed)
-    finally:
-        admin.close()
-    from nudge.redis_client import sync_client
-
-    client = sync_client(settings)
-    for key in client.scan_iter(match=f"{settings.changes_stream}*", count=1_000):
-        client.delete(key)
-    client.close()
 
 
 def _count_lines(path: Path) -> int:
@@ -304,7 +286,7 @@ def run_loop(options: LoopOptions, settings: Settings, *, say: Any = print) -> L
     try:
         decisions, purchases, app_events, _ = read_topics(s, None, progress=options.progress)
     finally:
-        _drop_topics(s, scope)
+        drop_run(s, scope, key_patterns=(f"{s.changes_stream}*",))
     mine = f"{tag}-"
     report = build_report(
         [d for d in decisions if str(d.get("user_id", "")).startswith(mine)],

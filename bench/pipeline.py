@@ -24,7 +24,6 @@ import gc
 import itertools
 import json
 import secrets
-import shutil
 import statistics
 import time
 import uuid
@@ -33,11 +32,12 @@ from typing import Any, cast
 
 import orjson
 
+from bench.scope import drop_run
 from nudge.args import integer, number, output_dir
 from nudge.layout import changes_streams
 from nudge.redis_client import sync_client
 from nudge.settings import Settings
-from nudge.topics import admin_client, ensure_topics, topic_for_event_type
+from nudge.topics import ensure_topics, topic_for_event_type
 from producers.simulator import MAX_USERS
 
 __all__ = ["configure", "run"]
@@ -534,7 +534,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     results["targets"] = {"worker_per_s": 10_000, "freshness_p99_ms": 250, "step_us_per_event": 25}
     (out_dir / "pipeline.json").write_text(json.dumps(results, indent=2) + "\n")
     _plot(results, fresh["latencies_ms"], fresh["timeline_ms"], out_dir / "pipeline.png")
-    _cleanup(scoped)
+    drop_run(scoped, scoped.app_id, key_patterns=(f"{scoped.app_id}*",), data_dir=scoped.data_dir)
     print(f"wrote {out_dir / 'pipeline.json'} and {out_dir / 'pipeline.png'}")
     return 0
 
@@ -603,18 +603,3 @@ def _plot(results: dict[str, Any], latencies: list[int], timeline: list[tuple[in
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def _cleanup(settings: Settings) -> None:
-    admin = admin_client(settings)
-    try:
-        doomed = [t for t in admin.list_topics() if t.startswith(settings.app_id)]
-        if doomed:
-            admin.delete_topics(doomed)
-    finally:
-        admin.close()
-    client = sync_client(settings)
-    for key in client.scan_iter(match=f"{settings.app_id}*", count=10_000):
-        client.delete(key)
-    client.close()
-    shutil.rmtree(settings.data_dir, ignore_errors=True)

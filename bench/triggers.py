@@ -28,7 +28,6 @@ import gc
 import json
 import os
 import random
-import shutil
 import socket
 import subprocess
 import sys
@@ -42,12 +41,13 @@ from typing import Any
 import orjson
 from tqdm import tqdm
 
+from bench.scope import drop_run
 from nudge.args import integer, number, output_dir
 from nudge.errors import NudgeError
 from nudge.layout import changes_stream_of, changes_streams, user_key
 from nudge.redis_client import sync_client
 from nudge.settings import Settings
-from nudge.topics import admin_client, ensure_topics, topic_for_event_type
+from nudge.topics import ensure_topics, topic_for_event_type
 
 __all__ = ["configure", "join_deliveries", "percentile", "run", "schedule_events"]
 
@@ -654,7 +654,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         _plot(results, latencies, timeline, out_dir / "triggers.png")
         print(f"wrote {out_dir / 'triggers.json'} and {out_dir / 'triggers.png'}")
     finally:
-        _cleanup(scoped)
+        drop_run(
+            scoped,
+            scoped.app_id,
+            key_patterns=(f"{scoped.app_id}*", f"nudge:{{{scoped.app_id}*"),
+            data_dir=scoped.data_dir,
+        )
     return 0
 
 
@@ -714,22 +719,3 @@ def _plot(results: dict[str, Any], latencies: list[int], timeline: list[tuple[in
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def _cleanup(settings: Settings) -> None:
-    """The run's topics, Redis keys (state, changes, guard, schedule, ledgers) and data dir."""
-    admin = admin_client(settings)
-    try:
-        doomed = [t for t in admin.list_topics() if t.startswith(settings.app_id)]
-        if doomed:
-            admin.delete_topics(doomed)
-    finally:
-        admin.close()
-    client = sync_client(settings)
-    try:
-        for pattern in (f"{settings.app_id}*", f"nudge:{{{settings.app_id}*"):
-            for key in client.scan_iter(match=pattern, count=10_000):
-                client.delete(key)
-    finally:
-        client.close()
-    shutil.rmtree(settings.data_dir, ignore_errors=True)

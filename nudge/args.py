@@ -23,14 +23,16 @@ import os
 import stat
 import tempfile
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
-from nudge.events import id_problem
+from nudge.events import MAX_EPOCH_MS, id_problem
 from nudge.text import printable, quoted
 
 __all__ = [
     "input_dir",
     "input_file",
+    "instant",
     "integer",
     "number",
     "output_dir",
@@ -216,3 +218,27 @@ def user_id_arg(text: str) -> str:
             "without control characters or undecodable bytes"
         )
     return text
+
+
+def instant(text: str) -> datetime:
+    """argparse type: an ISO 8601 date-time with a UTC offset, inside the event contract's time range.
+
+    >>> instant("2026-10-01T00:00:00Z").isoformat()
+    '2026-10-01T00:00:00+00:00'
+    """
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 date-time: {quoted(text)}") from None
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"needs a UTC offset, e.g. 2026-10-01T00:00:00Z, got {quoted(text)}")
+    try:
+        ms = int(value.timestamp() * 1000)
+    except (OverflowError, ValueError):
+        ms = -1
+    if not 0 <= ms < MAX_EPOCH_MS:
+        last = datetime.fromtimestamp(MAX_EPOCH_MS / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        raise argparse.ArgumentTypeError(
+            f"event time must be 1970-01-01T00:00:00Z .. {last} (the event contract), got {quoted(text)}"
+        )
+    return value

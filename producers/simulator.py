@@ -66,12 +66,11 @@ from zoneinfo import ZoneInfo
 import orjson
 from tqdm import tqdm
 
-from nudge.args import integer, number, output_file, output_problem
+from nudge.args import instant, integer, number, output_file, output_problem
 from nudge.args import seed as seed_arg
 from nudge.errors import ConfigError, InputError, UsageError
 from nudge.events import MAX_EPOCH_MS, TOPIC_OF_TYPE
 from nudge.settings import Settings
-from nudge.text import quoted
 
 __all__ = [
     "CATEGORIES",
@@ -1116,24 +1115,6 @@ def run_simulation(
 _users_arg = integer(1, MAX_USERS, why="every simulated user is held in memory, about 7 KB each")
 
 
-def _start_arg(text: str) -> datetime:
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 date-time: {quoted(text)}") from None
-    if value.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"needs a UTC offset, e.g. 2026-10-01T00:00:00Z, got {quoted(text)}")
-    try:
-        ms = int(value.timestamp() * 1000)
-    except (OverflowError, ValueError):
-        ms = -1
-    if not 0 <= ms < MAX_EPOCH_MS:
-        raise argparse.ArgumentTypeError(
-            f"event time must be 1970-01-01T00:00:00Z .. {_iso(MAX_EPOCH_MS)} (the event contract), got {quoted(text)}"
-        )
-    return value
-
-
 def _out_arg(text: str) -> Path | str:
     return text if text == "-" else output_file(text)
 
@@ -1158,7 +1139,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=seed_arg, default=42, metavar="S", help="random seed (default 42)")
     parser.add_argument(
         "--start",
-        type=_start_arg,
+        type=instant,
         default=DEFAULT_START,
         metavar="ISO",
         help="event time of the window start, with offset (default 2026-10-01T00:00:00Z); sending to Kafka, "

@@ -817,22 +817,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 # --------------------------------------------------------------------------
 
 
-def _since_arg(text: str) -> datetime:
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 date-time: {quoted(text)}") from None
-    if value.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"needs a UTC offset, e.g. 2026-10-01T00:00:00Z, got {quoted(text)}")
-    try:
-        ms = int(value.timestamp() * 1000)
-    except (OverflowError, ValueError):
-        ms = -1
-    if not 0 <= ms < MAX_EPOCH_MS:
-        raise argparse.ArgumentTypeError(f"expected a time from 1970 to the year 5138, got {quoted(text)}")
-    return value
-
-
 def _rule_arg(text: str) -> str:
     problem = id_problem(text)
     if problem is not None:
@@ -859,7 +843,7 @@ ROI = (incremental revenue - cost) / cost. README.md "Reading `nudge report`" ha
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from nudge.args import number, output_file
+    from nudge.args import instant, number, output_file
     from nudge.cli import settings_epilog
 
     parser.description = (
@@ -872,7 +856,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     when = parser.add_mutually_exclusive_group()
     when.add_argument(
         "--since",
-        type=_since_arg,
+        type=instant,
         metavar="ISO",
         help="only decisions made at or after this time (with offset), e.g. 2026-10-01T00:00:00Z",
     )

@@ -328,7 +328,9 @@ def test_kill_between_provider_answer_and_commit_sends_each_key_at_most_once(rig
         lambda: metric(port, "nudge_delivery_unknown_total", channel="push", why="stale_claim") == 1, 10, "unknown"
     )
     with urllib.request.urlopen(f"{rig.mock_url}/_mock/health", timeout=5) as resp:
-        assert json.loads(resp.read())["deduplicated"] == 1  # the SMS's second send, answered from memory
+        # The SMS's later sends, answered from memory: one, or two when the second worker's lease on the
+        # first one's stale claim ran out before it died on the push (it re-sent, then died unmarked).
+        assert json.loads(resp.read())["deduplicated"] in (1, 2)
     assert metric(port, "nudge_delivery_sends_total", channel="push", outcome="ok") == 0
     third.send_signal(signal.SIGTERM)
     assert third.wait(30) == 0
