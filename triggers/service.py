@@ -45,13 +45,16 @@ from pathlib import Path
 from typing import Any, Final
 
 import orjson
+from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from redis.exceptions import RedisError
 
 from nudge.args import number, port
-from nudge.errors import ConfigError, DependencyUnavailable
+from nudge.errors import ConfigError, DeliveryError, DependencyUnavailable
 from nudge.layout import changes_streams, user_key
 from nudge.logs import display_url
 from nudge.settings import Settings
+from nudge.text import printable
 from triggers.decide import Context, Decision, Evaluation, evaluate, replaced
 from triggers.guardrails import choose_channel
 from triggers.rules import RuleSet, load_rules, load_stores
@@ -105,6 +108,12 @@ class TriggerMetrics:
             registry=r,
         )
         self.schedule_depth = Gauge("nudge_triggers_schedule_depth", "Work waiting in the schedule", registry=r)
+        self.errors = Counter(
+            "nudge_triggers_decide_errors_total", "Users skipped because deciding for them raised", registry=r
+        )
+        self.dependency_errors = Counter(
+            "nudge_triggers_dependency_errors_total", "Pauses because Redis or Kafka failed", registry=r
+        )
 
 
 class Publisher:
@@ -358,21 +367,40 @@ class TriggerService:
             states = self.read_users(users)
             batch = _Batch()
             for user in users:
-                self.decide(user, states.get(user), batch)
+                try:
+                    self.decide(user, states.get(user), batch)
+                except (RedisError, OSError):
+                    raise  # Redis away: nothing is acknowledged, `run` waits and the entries are read again
+                except Exception:
+                    # A state nobody foresaw must not stop every other user's campaigns.
+                    log.exception("deciding for user %s failed; skipped", printable(user))
+                    self.metrics.errors.inc()
             self.publish(batch)
             client.xack(stream, group, *[e[0] for e in entries])
             read += len(entries)
         return read
 
     def run(self, stop: Callable[[], bool], *, tick_s: float = 1.0, idle_sleep_s: float = 0.05) -> None:
-        self.ensure_groups()
-        next_tick = 0.0
+        """Until `stop()`: the schedule every `tick_s`, the changes in between. Redis or Kafka away: one
+        warning, a pause that doubles up to 10 s, and again (unacknowledged changes are read again)."""
+        next_tick, pause = 0.0, 0.0
         while not stop():
-            if time.monotonic() >= next_tick:
-                self.run_due()
-                next_tick = time.monotonic() + tick_s
-            if self.poll_changes() == 0:
-                time.sleep(idle_sleep_s)
+            try:
+                if pause:
+                    self.ensure_groups()  # a Redis that restarted empty has lost the groups
+                elif next_tick == 0.0:
+                    self.ensure_groups()
+                if time.monotonic() >= next_tick:
+                    self.run_due()
+                    next_tick = time.monotonic() + tick_s
+                if self.poll_changes() == 0:
+                    time.sleep(idle_sleep_s)
+                pause = 0.0
+            except (RedisError, KafkaError, OSError, DeliveryError) as exc:
+                pause = min(10.0, max(0.5, pause * 2))
+                self.metrics.dependency_errors.inc()
+                log.warning("trigger service: %s; trying again in %.1f s", printable(str(exc))[:300], pause)
+                time.sleep(pause)
 
 
 def _cap_scope(counter: str) -> str:

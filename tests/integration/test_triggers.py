@@ -447,3 +447,31 @@ def test_a_message_delayed_by_quiet_hours_is_sent_when_they_end_unless_consent_w
         assert records[0]["decision_id"] != records[1]["decision_id"]
         (n,) = [Notification.from_json(v) for v in sent]
         assert n.idempotency_key == delayed.idempotency_key
+
+
+def test_a_user_whose_decision_fails_is_skipped_and_the_others_go_on(
+    scoped: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import triggers.service as service_module
+
+    s = with_rules(scoped, tmp_path, ONE_RULE)
+    client = sync_client(s)
+    service = in_process(s)
+    real = service_module.evaluate
+
+    def flaky(fields, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if fields.get("user_id") == "poison":
+            raise ZeroDivisionError("a state nobody foresaw")
+        return real(fields, *args, **kwargs)
+
+    monkeypatch.setattr(service_module, "evaluate", flaky)
+    try:
+        write_user(client, s, "poison", 1)
+        write_user(client, s, "healthy", 1)
+        assert service.poll_changes() == 2
+    finally:
+        service.publisher.close()
+    assert service.metrics.errors._value.get() == 1
+    assert drained(client, s)  # both acknowledged: the poison is not read again forever
+    (sent,) = [Notification.from_json(v) for v in read_topic(s, s.topic_notifications, expect_at_least=1)]
+    assert sent.user_id == "healthy"
