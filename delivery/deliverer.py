@@ -39,6 +39,7 @@ from delivery.plan import (
     after_send,
     before_send,
     parse_notification,
+    sent_event,
     token_cleared_event,
 )
 from delivery.policy import TokenBucket
@@ -178,11 +179,12 @@ class Deliverer:
                     # Another live worker is sending it: ask again until it is recorded or its claim goes stale.
                     await self._pause(min(1.0, self._lease_s / 4))
                     continue
-                return self._not_sent(n, step, source)
+                return await self._not_sent(n, step, source)
             attempt += 1
             if isinstance(step, MarkSent):
                 self._metrics.messages.labels(n.channel, "sent").inc()
                 log.info("%s: %s %s sent to %s (attempt %d)", source, n.channel, n.decision_id, shown_to(n), attempt)
+                await self._sink.app_event(*sent_event(n))
                 return "sent"
             if isinstance(step, MarkUnknown):
                 self._metrics.unknown.labels(n.channel, step.why).inc()
@@ -201,7 +203,7 @@ class Deliverer:
             await self._dead_letter(key, value, source, step, channel=n.channel, attempts=attempt)
             return "dead_letter"
 
-    def _not_sent(self, n: Notification, claim: Claim, source: Source) -> str:
+    async def _not_sent(self, n: Notification, claim: Claim, source: Source) -> str:
         if claim.verdict is Verdict.STALE_UNKNOWN:
             # A worker died between its claim and its record; without provider dedup we do not send again.
             self._metrics.unknown.labels(n.channel, "stale_claim").inc()
@@ -210,6 +212,10 @@ class Deliverer:
                 "%s: %s %s: a dead worker's claim, outcome unknown, not sent again", source, n.channel, n.decision_id
             )
             return "unknown"
+        if claim.verdict is Verdict.SENT:
+            # Sent before: its `message_sent` may not have reached Kafka then. A second one is harmless:
+            # the stream never folds it, and the same time and offer open no second exposure.
+            await self._sink.app_event(*sent_event(n))
         self._metrics.duplicates_prevented.labels(n.channel).inc()
         self._metrics.messages.labels(n.channel, "duplicate").inc()
         log.info("%s: %s %s already %s: not sent again", source, n.channel, n.decision_id, claim.verdict)

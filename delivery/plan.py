@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from delivery.policy import retry_delay_s
 from delivery.results import Outcome, SendResult
-from nudge.events import ProfileUpdateEvent
+from nudge.events import AppEvent, ProfileUpdateEvent
 from nudge.logs import redact
 from nudge.notifications import Notification
 
@@ -46,6 +46,7 @@ __all__ = [
     "after_send",
     "before_send",
     "parse_notification",
+    "sent_event",
     "token_cleared_event",
 ]
 
@@ -187,6 +188,35 @@ def token_cleared_event(n: Notification) -> tuple[bytes, bytes]:
         ts=n.decided_at,
         schema_version=1,
         push_token="",
+    )
+    return n.user_id.encode(), event.model_dump_json(exclude_none=True).encode()
+
+
+def sent_event(n: Notification) -> tuple[bytes, bytes]:
+    """(key, value) of the `message_sent` app-event: the send flows back to the stream.
+
+    One per idempotency key (its event_id derives from it), at the decision's
+    time; the stream worker never folds it into the user's activity, and opens
+    the offer's exposure from it for an SMS or a webhook (a push's comes with
+    the device's `push_received`).
+
+    >>> n = Notification(idempotency_key="k" * 16, decision_id="d", user_id="u1", rule="win_back", variant="a",
+    ...     channel="sms", to="+447911123456", body="Hi", campaign_id="sitewide10", decided_at=5, send_at=9,
+    ...     expires_at=99)
+    >>> from nudge.events import parse_event
+    >>> e = parse_event(sent_event(n)[1])
+    >>> e.type, e.user_id, e.ts, e.campaign_id, e.channel
+    ('message_sent', 'u1', 5, 'sitewide10', 'sms')
+    """
+    digest = hashlib.sha256(f"message_sent:{n.idempotency_key}".encode()).hexdigest()[:32]
+    event = AppEvent(
+        event_id=f"delivery-{digest}",
+        type="message_sent",
+        user_id=n.user_id,
+        ts=n.decided_at,
+        schema_version=1,
+        campaign_id=n.campaign_id,
+        channel=n.channel,
     )
     return n.user_id.encode(), event.model_dump_json(exclude_none=True).encode()
 

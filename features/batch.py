@@ -24,7 +24,15 @@ from typing import Any
 from features.definitions import CATEGORY_BUCKET_MS, CATEGORY_WINDOW_MS, DAY_MS, WINDOWED, cents, money
 from features.lifecycle import classify
 from features.state import FoldConfig, Outcome
-from nudge.events import ClickEvent, ConsentEvent, Event, LocationEvent, ProfileUpdateEvent, PurchaseEvent
+from nudge.events import (
+    SYSTEM_TYPES,
+    ClickEvent,
+    ConsentEvent,
+    Event,
+    LocationEvent,
+    ProfileUpdateEvent,
+    PurchaseEvent,
+)
 
 __all__ = ["classify_events", "compute", "user_features"]
 
@@ -67,6 +75,9 @@ def _classify_one_stream(events: list[Event], config: FoldConfig) -> list[tuple[
             del per_day[oldest]
             floor_day = max(floor_day, oldest + 1)
             seen = {i: d for i, d in seen.items() if d != oldest}
+        if ev.type in SYSTEM_TYPES:
+            out.append((ev, Outcome.SYSTEM))  # remembered, never counted (see features.state.fold)
+            continue
         if as_of is not None and ev.ts < as_of - config.grace_ms:
             out.append((ev, Outcome.LATE))
             continue

@@ -44,6 +44,7 @@ from features.definitions import _ONE, CATEGORY_BUCKET_MS, CATEGORY_WINDOW_MS, D
 from features.lifecycle import classify
 from nudge.events import (
     EVENT_TYPES,
+    SYSTEM_TYPES,
     ClickEvent,
     ConsentEvent,
     Event,
@@ -70,6 +71,7 @@ class Outcome(enum.Enum):
     LATE = "late"
     DUPLICATE = "duplicate"
     EXPIRED = "expired"
+    SYSTEM = "system"  # nudge's own record (a message sent): remembered for dedup, never the user's activity
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,6 +360,8 @@ def fold(state: UserState, event: Event, config: FoldConfig) -> Outcome:
         return Outcome.EXPIRED
     if not stream.remember(event_hash(event.event_id), day, config):
         return Outcome.DUPLICATE
+    if event.type in SYSTEM_TYPES:
+        return Outcome.SYSTEM
 
     # 3. lifetime, profile and consent: every event, however late
     state.events_total += 1

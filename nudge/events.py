@@ -40,6 +40,7 @@ __all__ = [
     "CLICK_TYPES",
     "EVENT_TYPES",
     "SCHEMA_VERSION",
+    "SYSTEM_TYPES",
     "TOPIC_OF_TYPE",
     "AppEvent",
     "ClickEvent",
@@ -146,7 +147,10 @@ Timestamp = Annotated[
 ]
 
 CLICK_TYPES = ("page_view", "product_view", "add_to_cart", "remove_from_cart", "search")
-APP_TYPES = ("install", "app_open", "app_close", "push_received", "push_opened", "sms_clicked")
+APP_TYPES = ("install", "app_open", "app_close", "push_received", "push_opened", "sms_clicked", "message_sent")
+# Records nudge writes itself (a message a provider accepted), not the user's doing: the stream
+# worker never folds them into the user's features (streams/step.py).
+SYSTEM_TYPES: frozenset[str] = frozenset({"message_sent"})
 
 
 class _Envelope(BaseModel):
@@ -202,11 +206,17 @@ class PurchaseEvent(_Envelope):
 
 
 class AppEvent(_Envelope):
-    """App lifecycle and message feedback: topic `app-events`."""
+    """App lifecycle and message feedback: topic `app-events`.
+
+    `message_sent` is written by `nudge deliver` when a provider accepted a
+    message (campaign_id = its offer, or its rule; `channel`); the others come
+    from the app (`push_received`: the device got it)."""
 
     topic_kind = "app-events"
-    type: Literal["install", "app_open", "app_close", "push_received", "push_opened", "sms_clicked"]
+    type: Literal["install", "app_open", "app_close", "push_received", "push_opened", "sms_clicked", "message_sent"]
     campaign_id: Annotated[str, Field(max_length=128)] | None = None
+    # message_sent only: the channel the provider accepted the message on.
+    channel: Literal["push", "sms", "webhook"] | None = None
 
 
 class ConsentEvent(_Envelope):

@@ -11,10 +11,13 @@ the first time):
 - the event clock advances for the event's partition (`streams.clock`);
 - the user's pending labels see the event (`models.labels.on_event`): a
   return within the churn horizon resolves churn 0, a purchase adds to the
-  open 30-day value windows. A `push_received` is not the user's doing and
+  open 30-day value windows. A `push_received` (and nudge's own
+  `message_sent`, which the step never folds) is not the user's doing and
   does not count;
-- a `push_received` whose campaign is a catalog offer opens an exposure
-  (`models.bandit.expose`); a purchase may reward one (`on_purchase`);
+- a message with a catalog offer as its campaign opens an exposure
+  (`models.bandit.expose`): a push when the device reports it
+  (`push_received`), an SMS or webhook when sent (`message_sent`, no device
+  receipt); a purchase may reward one (`on_purchase`);
 - the event may make an observation for labels to come (sampled once per
   event-time day of the user's own events), with inputs as of the user's
   latest event: which observations exist depends on the user's events
@@ -146,10 +149,9 @@ class ModelStage:
         at = event.ts_ms
         self.clock.observe(source, event_ms=at, wall_ms=now_ms)
         uid = state.user_id
-        if _is_receipt(event):
-            assert isinstance(event, AppEvent)
+        if isinstance(event, AppEvent) and event.type in NOT_THE_USERS_DOING:
             offer_id = event.campaign_id
-            if offer_id and offer_id in self.catalog:
+            if _opens_exposure(event) and offer_id and offer_id in self.catalog:
                 exposures = self._exposures(state)
                 context, _ = sanitise(model_inputs(state, at))
                 exposures, _opened = bandit.expose(
@@ -357,12 +359,18 @@ def _next_deadline(state: UserState, stage: ModelStage, scored_at: int) -> int:
 # Event types that are not the user's doing (a push we sent was delivered): they open
 # an offer's exposure but say nothing about whether the user left. nudge eval's
 # ground truth reads the same rule.
-NOT_THE_USERS_DOING: Final = frozenset({"push_received"})
+NOT_THE_USERS_DOING: Final = frozenset({"push_received", "message_sent"})
 
 
-def _is_receipt(event: Event) -> bool:
-    """A push delivery receipt: it opens an offer's exposure but is not the user's doing."""
-    return isinstance(event, AppEvent) and event.type in NOT_THE_USERS_DOING
+def _opens_exposure(event: AppEvent) -> bool:
+    """Whether this record of a message the user got opens its offer's exposure.
+
+    A push counts when the device reports it (`push_received`); an SMS or a webhook has no
+    device receipt, so its send (`message_sent`, written by `nudge deliver`) counts instead.
+    """
+    if event.type == "message_sent":
+        return event.channel in ("sms", "webhook")
+    return event.type == "push_received"
 
 
 def _offset(user_id: str, every_ms: int) -> int:

@@ -45,7 +45,7 @@ from kafka.partitioner.default import murmur2
 from features.state import FoldConfig, Outcome, UserState, fold
 from models.bandit import BanditReward
 from models.labels import Example
-from nudge.events import Rejection, parse_event
+from nudge.events import SYSTEM_TYPES, Rejection, parse_event
 from streams.dlq import dlq_headers
 from streams.model_stage import ModelOutput, ModelStage
 
@@ -223,7 +223,7 @@ def step(
             state = touched.get(uid)
             if state is None:
                 state = states.get(uid) or UserState(uid)
-            if models is not None:
+            if models is not None and parsed.type not in SYSTEM_TYPES:
                 models.before_event(state, parsed)
             outcome = fold(state, parsed, fold_config)
             if outcome is Outcome.EXPIRED:

@@ -244,6 +244,11 @@ def test_5xx_then_success_is_delivered_once(rig: Rig) -> None:
     assert metric(port, "nudge_delivery_sends_total", channel="push", outcome="retry") == 2
     assert metric(port, "nudge_delivery_retries_total", channel="push") == 2
     assert rig.ledger(n.user_id)[n.idempotency_key]["message_id"].startswith("projects/nudge-local/messages/")
+    # the send flows back to the stream as an app-event
+    [event] = rig.read(rig.settings.topic_app_events, 1)
+    doc = json.loads(event.value)
+    assert event.key == n.user_id.encode()
+    assert (doc["type"], doc["campaign_id"], doc["channel"]) == ("message_sent", n.campaign_id, "push")
 
 
 def test_429_retry_after_is_honoured(rig: Rig) -> None:

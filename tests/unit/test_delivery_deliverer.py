@@ -19,7 +19,7 @@ from delivery.ledger import InMemoryLedger, ledger_key
 from delivery.metrics import DeliveryMetrics
 from delivery.plan import RetryPolicy, parse_notification, token_cleared_event
 from delivery.results import Outcome, SendResult
-from nudge.events import ProfileUpdateEvent, parse_event
+from nudge.events import AppEvent, ProfileUpdateEvent, parse_event
 from nudge.notifications import Notification
 
 T0 = float(int(time.time()))  # near now: parse_event refuses events far in the future
@@ -132,6 +132,28 @@ async def test_sent_once_and_marked() -> None:
     assert len(push.sent) == 1
     assert rig.metric("nudge_delivery_duplicates_prevented_total", channel="push") == 1
     assert rig.metric("nudge_delivery_sends_total", channel="push", outcome="ok") == 1
+
+
+@pytest.mark.parametrize("channel", ["push", "sms"])
+async def test_a_send_flows_back_as_a_message_sent_app_event(channel: str) -> None:
+    notifier = FakeNotifier(channel, channel == "sms", OK)
+    rig = Rig(notifier)
+    n = note(channel, campaign_id="sitewide10", offer_id="sitewide10")
+    assert await rig.handle(n) == "sent"
+    [(key, value)] = rig.sink.events
+    event = parse_event(value)
+    assert isinstance(event, AppEvent) and key == b"u1"
+    assert (event.type, event.campaign_id, event.channel, event.ts) == (
+        "message_sent",
+        "sitewide10",
+        channel,
+        n.decided_at,
+    )
+    # A redelivered message is not sent again, but its record goes out again (it may have been lost
+    # with the crash); with the same event id and time it opens no second exposure downstream.
+    assert await rig.handle(n) == "duplicate"
+    assert rig.sink.events == [(key, value), (key, value)]
+    assert len(notifier.sent) == 1
 
 
 async def test_5xx_then_success_backs_off_within_the_jitter_bounds() -> None:

@@ -204,3 +204,32 @@ def test_the_offer_is_chosen_at_first_sight_and_with_new_models_not_on_every_eve
     assert "churn_score" in daily[A] and "nbo_offer" not in daily[A]
     stage.use(new_bundle(list(CATALOG)))
     assert _scored(stage, states, *tick("d3", T0 + 2 * DAY_MS + 1))[A]["nbo_offer"] in CATALOG
+
+
+def test_a_message_sent_is_not_the_users_activity() -> None:
+    """nudge's own record of a send never reaches the fold: no event, no recency, no return."""
+    stage, states = ModelStage(CATALOG), {}
+    batch(stage, states, make("b1", "page_view", T0, user=B))
+    before = states[B].features()
+    sent = make("s1", "message_sent", T0 + 2 * DAY_MS, user=B, campaign_id="win_back", channel="push")
+    result = batch(stage, states, sent)
+    assert result.counts == {("app-events", "system"): 1}
+    assert states[B].features() == before  # events_total, last_event_ts, windows, lifecycle: untouched
+    assert churn(result) == {}
+    assert 1.0 in churn(batch(stage, states, *tick("c1", T0 + 15 * DAY_MS)))[B]  # still silent: churned
+
+
+def test_an_sms_send_opens_the_offers_exposure_and_a_push_send_waits_for_the_device() -> None:
+    stage, states = ModelStage(CATALOG), {}
+    batch(stage, states, *tick("x", T0))
+    sms = make("s1", "message_sent", T0 + HOUR_MS, user=A, campaign_id=OFFER.id, channel="sms")
+    push = make("s2", "message_sent", T0 + HOUR_MS, user=C, campaign_id=OFFER.id, channel="push")
+    batch(stage, states, sms, push)
+    buy_a = make("o1", "purchase", T0 + 2 * HOUR_MS, user=A, offer_id=OFFER.id, total=5.0)
+    buy_c = make("o2", "purchase", T0 + 2 * HOUR_MS, user=C, offer_id=OFFER.id, total=5.0)
+    result = batch(stage, states, buy_a, buy_c)
+    # the SMS's send was its exposure; the push's exposure opens only with the device's push_received
+    assert [(r.user_id, r.offer_id, r.reward) for r in result.rewards] == [(A, OFFER.id, 1.0)]
+    batch(stage, states, sms)  # delivery wrote it again after a crash: the same time and offer, no new exposure
+    again = batch(stage, states, *tick("y", T0 + 80 * HOUR_MS))
+    assert [r for r in again.rewards if r.user_id == A] == []
