@@ -229,8 +229,13 @@ def evaluate(
     now_ms: int,
     *,
     only: str | None = None,
+    state_age_ms: int | None = None,
 ) -> Evaluation:
-    """Every rule (or `only` that one) on one user's state as of `now_ms`; see the module docstring."""
+    """Every rule (or `only` that one) on one user's state as of `now_ms`; see the module docstring.
+
+    `state_age_ms` (wall clock since the hash was written) skips the rules whose
+    `max_state_age` it exceeds; the service refuses older state for every rule.
+    """
     user_id = fields.get("user_id", "")
     if not user_id:
         return Evaluation()
@@ -243,6 +248,8 @@ def evaluate(
     g = rules.guardrails
     for rule in rules.rules:
         if only is not None and rule.id != only:
+            continue
+        if rule.max_age_ms is not None and state_age_ms is not None and state_age_ms > rule.max_age_ms:
             continue
         if rule.wait is not None:
             # Wait-for: look again when the wait ends, whatever holds now (a win-back's silence is
@@ -288,7 +295,7 @@ def evaluate(
             models_version=fields.get("models_version", ""),
             state=state_read(rule, fields),
             offer_id=offer_id,
-            offer_score=fields.get("nbo_score", "") if offer_id else "",
+            offer_score=fields.get("nbo_score", "") if rule.offer is True else "",  # the bandit's, when it chose
             title=title,
             body=body,
             to=channel[1] if channel else "",

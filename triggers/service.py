@@ -219,7 +219,8 @@ class TriggerService:
             self.watermark = max(self.watermark, int(as_of))
         now = self.now()
         self.metrics.changes.labels("evaluated").inc()
-        self.apply(evaluate(fields, self.rules, self.context, now, only=only), now, batch)
+        age = self.wall() - int(fields["updated_at"])  # fresh(): updated_at is a number
+        self.apply(evaluate(fields, self.rules, self.context, now, only=only, state_age_ms=age), now, batch)
         self.metrics.evaluation.observe(time.perf_counter() - started)
 
     def apply(self, ev: Evaluation, now: int, batch: _Batch) -> None:

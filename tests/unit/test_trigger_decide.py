@@ -217,3 +217,15 @@ def test_a_rule_may_name_a_fixed_offer() -> None:
 
 def test_a_state_without_a_user_id_decides_nothing() -> None:
     assert evaluate({"churn_score": "0.9"}, RULES, CONTEXT, NOON).proposals == ()
+
+
+def test_a_rules_max_state_age_skips_it_on_older_state() -> None:
+    from triggers.rules import parse_rules
+
+    rules = parse_rules(
+        "version: 1\nguardrails: {holdout: 0.0}\nrules:\n  - id: fresh_only\n    when: [{cart_open: {eq: 1}}]\n"
+        "    once_per: [last_add_to_cart_ts]\n    cooldown: 1d\n    max_state_age: 5m\n    message: {body: hi}\n"
+    )
+    fields = cart("u1", 1)
+    assert len(evaluate(fields, rules, CONTEXT, NOON, state_age_ms=4 * MIN).proposals) == 1
+    assert evaluate(fields, rules, CONTEXT, NOON, state_age_ms=6 * MIN).proposals == ()
