@@ -47,7 +47,7 @@ from nudge.args import seed as seed_arg
 from nudge.errors import DependencyUnavailable, NudgeError
 from nudge.logs import display_url
 from nudge.settings import Settings
-from producers.simulator import EventDict, TokenBucket, generate, ground_truth, send_events
+from producers.simulator import EventDict, TokenBucket, generate, ground_truth, retag, send_events
 from streams.process import WorkerProcess
 from streams.state_cli import format_state, read_state
 
@@ -217,13 +217,6 @@ class Watch:
 # --------------------------------------------------------------------------
 
 
-def _retag(events: Iterator[EventDict], tag: str) -> Iterator[EventDict]:
-    for event in events:
-        event["user_id"] = f"{tag}-{event['user_id']}"
-        event["event_id"] = f"{tag}-{event['event_id']}"
-        yield event
-
-
 def _percentile(metrics: dict[str, float], name: str, q: float) -> float | None:
     """Upper bucket bound holding the q-quantile of a histogram (None: no data).
 
@@ -378,7 +371,7 @@ def run_demo(options: DemoOptions, settings: Settings) -> int:
             ) from None
         ensure_topics(settings)
 
-        events = list(_retag(generate(options.users, days, options.seed, start), tag))
+        events = list(retag(generate(options.users, days, options.seed, start), tag))
         users = sorted({e["user_id"] for e in events})
         truth = ground_truth(options.users, days, options.seed, start)["users"]
         keys = [settings.user_key_prefix + uid for uid in users]

@@ -25,7 +25,6 @@ simulated clock has stopped): a small loss at the very end of a run.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import secrets
 import signal
@@ -40,11 +39,11 @@ from typing import Any, Final
 
 from tqdm import tqdm
 
-from bench.scope import drop_run
+from bench.scope import drop_run, scoped
 from nudge.errors import NudgeError
 from nudge.settings import Settings
 from producers.respond import DeliveryFeed, with_reactions
-from producers.simulator import EventDict, TokenBucket, generate, send_events
+from producers.simulator import EventDict, TokenBucket, generate, retag, send_events
 from streams.process import WorkerProcess
 
 __all__ = ["LoopOptions", "LoopRun", "run_loop"]
@@ -127,13 +126,6 @@ def _wait_http(url: str, child: _Child, timeout: float) -> None:
     raise NudgeError(f"{child.name} did not serve {url} within {timeout:.0f} s; see {child.log}")
 
 
-def _retag(events: Iterator[EventDict], tag: str) -> Iterator[EventDict]:
-    for event in events:
-        event["user_id"] = f"{tag}-{event['user_id']}"
-        event["event_id"] = f"{tag}-{event['event_id']}"
-        yield event
-
-
 def _count_lines(path: Path) -> int:
     if not path.exists():
         return 0
@@ -158,27 +150,14 @@ def run_loop(options: LoopOptions, settings: Settings, *, say: Any = print) -> L
     mock_url = f"http://127.0.0.1:{mock_port}"
     credentials = data / "fcm-service-account.json"
     scope = f"loop-{tag}"
-    s = dataclasses.replace(
+    # A run of its own: topics, consumer groups and the changes stream. The trigger service's event
+    # clock follows the states it reads, so another run's backlog would move it (and the worker's new
+    # group would replay the shared topics' history). Users and decisions keep the usual Redis
+    # prefixes, so `nudge state` and `nudge why` find them afterwards.
+    s = scoped(
         settings,
-        # A run of its own: topics, consumer groups and the changes stream. The trigger service's event
-        # clock follows the states it reads, so another run's backlog would move it (and the worker's
-        # new group would replay the shared topics' history). Users and decisions keep the usual Redis
-        # prefixes, so `nudge state` and `nudge why` find them afterwards.
-        topic_clicks=f"{scope}-clicks",
-        topic_purchases=f"{scope}-purchases",
-        topic_app_events=f"{scope}-app-events",
-        topic_dlq=f"{scope}-dlq",
-        topic_rekeyed=f"{scope}-rekeyed",
-        topic_training_examples=f"{scope}-training-examples",
-        topic_bandit_rewards=f"{scope}-bandit-rewards",
-        topic_model_snapshots=f"{scope}-model-snapshots",
-        topic_decisions=f"{scope}-decisions",
-        topic_notifications=f"{scope}-notifications",
-        topic_notifications_dlq=f"{scope}-notifications-dlq",
-        app_id=scope,
-        changes_stream=f"{settings.changes_stream}:{scope}",
-        triggers_group=scope,
-        delivery_group=f"{scope}-delivery",
+        scope,
+        own_keys=False,
         data_dir=data,
         rules_path=options.rules_path or settings.rules_path,
         model_key=secrets.token_hex(24) if options.models else "",
@@ -246,7 +225,7 @@ def run_loop(options: LoopOptions, settings: Settings, *, say: Any = print) -> L
         end_ms = start_ms + round(options.days * 86_400_000)
         organic = generate(options.users, options.days, options.seed, start, exposures=False)
         reactions = {"delivered": 0, "events": 0, "purchases": 0, "unmatched": 0}
-        events = _retag(with_reactions(organic, feed, options.seed, options.users, start_ms, end_ms, reactions), tag)
+        events = retag(with_reactions(organic, feed, options.seed, options.users, start_ms, end_ms, reactions), tag)
         bucket = TokenBucket(options.rate)
         sent = 0
 
@@ -287,11 +266,10 @@ def run_loop(options: LoopOptions, settings: Settings, *, say: Any = print) -> L
         decisions, purchases, app_events, _ = read_topics(s, None, progress=options.progress)
     finally:
         drop_run(s, scope, key_patterns=(f"{s.changes_stream}*",))
-    mine = f"{tag}-"
-    report = build_report(
-        [d for d in decisions if str(d.get("user_id", "")).startswith(mine)],
-        [p for p in purchases if p["user_id"].startswith(mine)],
-        [a for a in app_events if a["user_id"].startswith(mine)],
+    report = build_report(  # the run's own topics: everything in them is this run's
+        decisions,
+        purchases,
+        app_events,
         load_offers(s.offers_path),
         s.attribution_window_ms,
     )
@@ -390,26 +368,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _a_user_with_a_message(settings: Settings, tag: str) -> tuple[str, list[dict[str, Any]]] | None:
-    from triggers.why import read_decisions
-
-    sends = [d for d in _sent(settings, tag)]
-    for user in sends:
-        records = read_decisions(settings, user)
-        if records:
-            return user, records
-    return None
-
-
-def _sent(settings: Settings, tag: str) -> list[str]:
-    """Users of this run with a decision in Redis, most decisions first (a few hundred keys scanned at most)."""
+    """The run's user with the most decisions in Redis (among the first 500 scanned), and those decisions."""
     from nudge.redis_client import sync_client
+    from triggers.store import TriggerStore
 
     client = sync_client(settings, decode_responses=True)
-    pattern = f"{settings.triggers_key_prefix}{{{tag}-*}}:decisions"
-    keys = [k for _, k in zip(range(500), client.scan_iter(match=pattern, count=500), strict=False)]
-    sizes = {k: int(client.llen(k)) for k in keys}
-    users = [k[len(settings.triggers_key_prefix) + 1 : k.index("}")] for k in sorted(sizes, key=lambda k: -sizes[k])]
-    return users
+    try:
+        prefix = settings.triggers_key_prefix
+        keys = [k for _, k in zip(range(500), client.scan_iter(match=f"{prefix}{{{tag}-*}}:decisions"), strict=False)]
+        if not keys:
+            return None
+        busiest = max(keys, key=lambda k: int(client.llen(k)))
+        user = busiest[len(prefix) + 1 : busiest.index("}")]
+        return user, TriggerStore(client, prefix=prefix).decisions(user)
+    finally:
+        client.close()
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from typing import Any, cast
 import orjson
 
 from bench.scope import drop_run
+from bench.scope import scoped as scoped_settings
 from nudge.args import integer, number, output_dir
 from nudge.layout import changes_streams
 from nudge.redis_client import sync_client
@@ -83,21 +84,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "resolves labels and offer rewards, as in production)",
     )
     parser.set_defaults(func=run)
-
-
-def _scoped(settings: Settings, tag: str, **extra: Any) -> Settings:
-    return dataclasses.replace(
-        settings,
-        topic_clicks=f"{tag}-clicks",
-        topic_purchases=f"{tag}-purchases",
-        topic_app_events=f"{tag}-app-events",
-        topic_dlq=f"{tag}-dlq",
-        topic_rekeyed=f"{tag}-rekeyed",
-        app_id=tag,
-        user_key_prefix=f"{tag}:user:",
-        changes_stream=f"{tag}:changes",
-        **extra,
-    )
 
 
 def _messages(settings: Settings, events: int, users: int) -> list[tuple[str, bytes, bytes]]:
@@ -441,16 +427,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from streams.process import WorkerProcess
 
     tag = f"bench{uuid.uuid4().hex[:8]}"
-    models: dict[str, Any] = {}
-    if not args.no_models:
-        # The run's own key and model topics: nothing else's snapshots are loaded.
-        models = {
-            "model_key": secrets.token_hex(32),
-            "topic_training_examples": f"{tag}-training-examples",
-            "topic_bandit_rewards": f"{tag}-bandit-rewards",
-            "topic_model_snapshots": f"{tag}-model-snapshots",
-        }
-    scoped = _scoped(settings, tag, data_dir=settings.data_dir / "bench" / tag, **models)
+    # The run's own topics (its model topics included: nothing else's snapshots are loaded) and key.
+    models: dict[str, Any] = {} if args.no_models else {"model_key": secrets.token_hex(32)}
+    scoped = scoped_settings(settings, tag, data_dir=settings.data_dir / "bench" / tag, **models)
     out_dir: Path = args.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     ensure_topics(scoped)

@@ -42,6 +42,7 @@ import orjson
 from tqdm import tqdm
 
 from bench.scope import drop_run
+from bench.scope import scoped as scoped_settings
 from nudge.args import integer, number, output_dir
 from nudge.errors import NudgeError
 from nudge.layout import changes_stream_of, changes_streams, user_key
@@ -268,22 +269,9 @@ def schedule_events(tag: str, total: int, rate: float, background_users: int, se
 
 
 def _scoped(settings: Settings, tag: str) -> Settings:
-    return dataclasses.replace(
+    return scoped_settings(
         settings,
-        topic_clicks=f"{tag}-clicks",
-        topic_purchases=f"{tag}-purchases",
-        topic_app_events=f"{tag}-app-events",
-        topic_dlq=f"{tag}-dlq",
-        topic_rekeyed=f"{tag}-rekeyed",
-        topic_decisions=f"{tag}-decisions",
-        topic_notifications=f"{tag}-notifications",
-        topic_notifications_dlq=f"{tag}-notifications-dlq",
-        app_id=tag,
-        user_key_prefix=f"{tag}:user:",
-        changes_stream=f"{tag}:changes",
-        triggers_group=f"{tag}-triggers",
-        triggers_key_prefix=f"{tag}:nudge:",
-        delivery_group=f"{tag}-delivery",
+        tag,
         model_key="",  # the worker without models: the bench rules read no scores
         data_dir=settings.data_dir / "bench" / tag,
         rules_path=settings.data_dir / "bench" / tag / "rules.yaml",

@@ -26,7 +26,6 @@ delivered twice could not make a user buy twice even if it got through.
 from __future__ import annotations
 
 import heapq
-import logging
 import random
 import time
 from collections import OrderedDict
@@ -53,7 +52,6 @@ from producers.simulator import (
 
 __all__ = ["OPEN_RATE", "TRUE_MESSAGE_CONVERSION", "Delivered", "DeliveryFeed", "reactions", "with_reactions"]
 
-log = logging.getLogger(__name__)
 
 # Ground truth for messages without an offer (a cart reminder, a welcome): P(purchase within 72 h | received).
 TRUE_MESSAGE_CONVERSION: Final[dict[str, float]] = {

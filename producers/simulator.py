@@ -93,6 +93,7 @@ __all__ = [
     "dump_truth",
     "generate",
     "ground_truth",
+    "retag",
     "run",
     "run_simulation",
     "send_events",
@@ -785,6 +786,15 @@ def generate(
     start_ms, end_ms = _window(users, days, start)
     streams = [_user_events(seed, index, start_ms, end_ms, exposures=exposures) for index in range(users)]
     return heapq.merge(*streams, key=_order_key)
+
+
+def retag(events: Iterable[EventDict], tag: str) -> Iterator[EventDict]:
+    """The events with user and event ids prefixed `<tag>-` (in place): a run whose ids never meet an
+    earlier run's (the worker would take them for duplicates or late arrivals)."""
+    for event in events:
+        event["user_id"] = f"{tag}-{event['user_id']}"
+        event["event_id"] = f"{tag}-{event['event_id']}"
+        yield event
 
 
 def ground_truth(users: int, days: float, seed: int, start: datetime = DEFAULT_START) -> dict[str, Any]:

@@ -92,8 +92,6 @@ _UNIT_MS: Final = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_
 _ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _CLOCK = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
 EARTH_RADIUS_M: Final = 6_371_008.8
-# Placeholders a template may name beyond the user's hash fields.
-EXTRA_PLACEHOLDERS: Final = frozenset({"offer_id", "offer_name", "store_id", "store_name", "rule", "variant"})
 
 
 class RulesError(ConfigError):
@@ -483,7 +481,7 @@ def _rule(where: _Where, raw: Any, parent: Any) -> Rule:
     rid = raw.get("id")
     if not isinstance(rid, str) or not _ID.match(rid):
         raise where.fail(raw, f"rule id must be lower case [a-z][a-z0-9_]*, up to 64 characters, got {rid!r}")
-    w = _Where(f"{where.source}")
+    w = where
 
     def fail(reason: str, node: Any = raw, key: str | None = None) -> RulesError:
         """The error, on the line of `key` in the rule when given, else of `node`."""

@@ -155,6 +155,7 @@ class _Batch:
 
     recorded: list[Decision] = field(default_factory=list)  # the audit: every decision made
     published: list[Decision] = field(default_factory=list)  # sent or delayed (or republished after a crash)
+    waits: list[tuple[str, str, int]] = field(default_factory=list)  # (user, rule, due): look again then
 
 
 @dataclass
@@ -225,8 +226,7 @@ class TriggerService:
 
     def apply(self, ev: Evaluation, now: int, batch: _Batch) -> None:
         """Guard an evaluation's decisions and schedule its waits; what to publish goes to `batch`."""
-        for rule_id, due in ev.waits:
-            self.store.schedule(ev.user_id, f"eval|{rule_id}|{ev.user_id}", due)
+        batch.waits += [(ev.user_id, rule_id, due) for rule_id, due in ev.waits]
         batch.recorded += [d for d in ev.final if self.store.note(d, now)]
         for proposal in ev.proposals:
             d = proposal.decision
@@ -261,25 +261,28 @@ class TriggerService:
         self.metrics.replays.labels("yes").inc()
 
     def publish(self, batch: _Batch) -> None:
-        """Produce a batch's decisions and messages, wait for Kafka, then mark, schedule and log them."""
+        """Produce a batch's decisions and messages, wait for Kafka, then schedule, mark and log them."""
         recorded, published = batch.recorded, batch.published
-        if not recorded and not published:
-            return
         records = {d.decision_id: orjson.dumps(d.record()) for d in recorded + published}
-        for d in recorded + [p for p in published if p not in recorded]:
-            self.publisher.decision(d.user_id, records[d.decision_id])
         now, outbox = self.now(), self.wall()
-        for d in published:
-            if d.outcome == "sent" and d.send_at <= now:
-                self.publisher.notification(d.user_id, d.notification(outbox).to_json())
-        self.publisher.flush()
-        pipe = self.store.client.pipeline(transaction=False)
-        for d in published:
-            if d.outcome == "delayed":
-                pipe.zadd(self.store.schedule_key(d.user_id), {f"send|{d.idempotency_key}|{d.user_id}": d.send_at})
-            pipe.hset(self.store.key(d.user_id, "published"), d.idempotency_key, str(now))
-            pipe.expire(self.store.key(d.user_id, "published"), 400 * 86_400)
-        pipe.execute()
+        if records:
+            for d in recorded + [p for p in published if p not in recorded]:
+                self.publisher.decision(d.user_id, records[d.decision_id])
+            for d in published:
+                if d.outcome == "sent" and d.send_at <= now:
+                    self.publisher.notification(d.user_id, d.notification(outbox).to_json())
+            self.publisher.flush()
+        if batch.waits or published:
+            # One round trip for the batch, after Kafka has its decisions and before the changes are acknowledged.
+            pipe = self.store.client.pipeline(transaction=False)
+            for user, rule_id, due in batch.waits:
+                self.store.schedule(pipe, user, f"eval|{rule_id}|{user}", due)
+            for d in published:
+                if d.outcome == "delayed":
+                    self.store.schedule(pipe, d.user_id, f"send|{d.idempotency_key}|{d.user_id}", d.send_at)
+                pipe.hset(self.store.key(d.user_id, "published"), d.idempotency_key, str(now))
+                pipe.expire(self.store.key(d.user_id, "published"), 400 * 86_400)
+            pipe.execute()
         by_user: dict[str, list[bytes]] = {}
         for d in recorded:
             by_user.setdefault(d.user_id, []).append(records[d.decision_id])
@@ -384,13 +387,12 @@ class TriggerService:
     def run(self, stop: Callable[[], bool], *, tick_s: float = 1.0, idle_sleep_s: float = 0.05) -> None:
         """Until `stop()`: the schedule every `tick_s`, the changes in between. Redis or Kafka away: one
         warning, a pause that doubles up to 10 s, and again (unacknowledged changes are read again)."""
-        next_tick, pause = 0.0, 0.0
+        next_tick, pause, need_groups = 0.0, 0.0, True
         while not stop():
             try:
-                if pause:
-                    self.ensure_groups()  # a Redis that restarted empty has lost the groups
-                elif next_tick == 0.0:
+                if need_groups:  # at start, and after an outage (a Redis that restarted empty lost them)
                     self.ensure_groups()
+                    need_groups = False
                 if time.monotonic() >= next_tick:
                     self.run_due()
                     next_tick = time.monotonic() + tick_s
@@ -398,7 +400,7 @@ class TriggerService:
                     time.sleep(idle_sleep_s)
                 pause = 0.0
             except (RedisError, KafkaError, OSError, DeliveryError) as exc:
-                pause = min(10.0, max(0.5, pause * 2))
+                pause, need_groups = min(10.0, max(0.5, pause * 2)), True
                 self.metrics.dependency_errors.inc()
                 log.warning("trigger service: %s; trying again in %.1f s", printable(str(exc))[:300], pause)
                 time.sleep(pause)

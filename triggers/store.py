@@ -190,8 +190,9 @@ class TriggerStore:
         return [orjson.loads(r) for r in raw]
 
     # --- the schedule -------------------------------------------------------------
-    def schedule(self, user_id: str, member: str, due_ms: int) -> None:
-        self.client.zadd(self.schedule_key(user_id), {member: due_ms})
+    def schedule(self, pipe: Any, user_id: str, member: str, due_ms: int) -> None:
+        """Add (or move) `member` in the user's schedule shard to `due_ms`, on pipeline `pipe`."""
+        pipe.zadd(self.schedule_key(user_id), {member: due_ms})
 
     def claim(self, shard_key: str, now_ms: int, lease_ms: int, limit: int = 100) -> tuple[int, list[str]]:
         """Due work of one shard, leased for `lease_ms`: (the leased score, members)."""

@@ -20,7 +20,6 @@ shared stack's):
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import random
 import shutil
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.scope import scoped as scoped_settings
 from nudge import stack
 from nudge.settings import Settings
 from nudge.topics import admin_client, ensure_topics
@@ -56,26 +56,7 @@ def unique_scope(base: Settings) -> Iterator[Settings]:
     They are deleted afterwards unless NUDGE_KEEP_TEST_TOPICS=1 (to debug a
     failure from the changelog and the DLQ)."""
     tag = uuid.uuid4().hex[:10]
-    scoped = dataclasses.replace(
-        base,
-        topic_clicks=f"t{tag}-clicks",
-        topic_purchases=f"t{tag}-purchases",
-        topic_app_events=f"t{tag}-app-events",
-        topic_dlq=f"t{tag}-dlq",
-        topic_rekeyed=f"t{tag}-rekeyed",
-        topic_training_examples=f"t{tag}-training-examples",
-        topic_bandit_rewards=f"t{tag}-bandit-rewards",
-        topic_model_snapshots=f"t{tag}-model-snapshots",
-        app_id=f"t{tag}",
-        user_key_prefix=f"t{tag}:user:",
-        changes_stream=f"t{tag}:changes",
-        topic_decisions=f"t{tag}-decisions",
-        topic_notifications=f"t{tag}-notifications",
-        topic_notifications_dlq=f"t{tag}-notifications-dlq",
-        triggers_group=f"t{tag}-triggers",
-        triggers_key_prefix=f"t{tag}:nudge:",
-        delivery_group=f"t{tag}-delivery",
-    )
+    scoped = scoped_settings(base, f"t{tag}")
     ensure_topics(scoped)
     yield scoped
     if os.environ.get("NUDGE_KEEP_TEST_TOPICS") == "1":
