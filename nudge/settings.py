@@ -563,6 +563,20 @@ class Settings:
         between(0.5, 3_600, " s"),
     )
 
+    # --- operations (ops/) -----------------------------------------------------
+    report_metrics_port: int = _setting(
+        6071,
+        "NUDGE_REPORT_METRICS_PORT",
+        "`nudge report --serve`: the campaign figures' Prometheus /metrics port",
+        between(1, 65535),
+    )
+    prometheus_url: str = _setting(
+        "http://127.0.0.1:9090",
+        "NUDGE_PROMETHEUS_URL",
+        "Prometheus's HTTP API, which `nudge dashboards render` queries",
+        URL,
+    )
+
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             _check(f, getattr(self, f.name))
