@@ -6,9 +6,12 @@ simulator -> Kafka -> worker (+ trainer) -> Redis -> triggers -> notifications -
 `run_loop(options, settings)`:
 
 1. starts `nudge mock-providers` (with throwaway FCM credentials), a stream
-   worker, with models the trainer, `nudge triggers --clock event` and
-   `nudge deliver`, each a child process with its own /metrics port and a
-   log under `<data dir>/logs/loop-<tag>-*.log`;
+   worker, with models the trainer, `nudge triggers --clock event`,
+   `nudge deliver`, the HTTP collector and the campaign figures
+   (`nudge report --serve`), each a child process with a log under
+   `<data dir>/logs/loop-<tag>-*.log` and its /metrics on the port its
+   setting names (so `nudge top` and `prometheus.local.yml` find them), or
+   on a free one when that port is taken (`LoopRun.endpoints` lists them);
 2. streams `days` of simulated activity of `users` users, ending now, at
    `rate` events/s, with the users' reactions merged in (the simulator sends
    no offers of its own): simulated time runs `days / (events / rate)`
@@ -31,7 +34,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -63,6 +66,10 @@ class LoopOptions:
     models: bool = True
     rules_path: Path | None = None  # default: the settings' (deploy/config/rules.yaml)
     progress: bool = True
+    # Called once every process serves its /metrics (nudge top, the soak's sampler, Prometheus in the tests),
+    # and once deliveries have settled, before anything stops (a last look at live metrics).
+    on_running: Callable[[LoopRun], None] | None = None
+    before_stop: Callable[[LoopRun], None] | None = None
 
 
 @dataclass(slots=True)
@@ -77,13 +84,21 @@ class LoopRun:
     logs: dict[str, Path] = field(default_factory=dict)
     seconds: float = 0.0
     statuses: dict[str, int | None] = field(default_factory=dict)
+    # process name -> its /metrics URL, and its pid, while the loop runs
+    endpoints: dict[str, str] = field(default_factory=dict)
+    pids: dict[str, int] = field(default_factory=dict)
+    settings: Settings | None = None  # the run's own scoped settings
 
 
-def _free_port() -> int:
+def _free_port(preferred: int = 0) -> int:
+    """`preferred` if nothing listens there (the settings' port), else any free port."""
     import socket
 
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        try:
+            s.bind(("127.0.0.1", preferred))
+        except OSError:
+            s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
@@ -189,32 +204,64 @@ def run_loop(options: LoopOptions, settings: Settings, *, say: Any = print) -> L
         )
         children.append(mock)
         _wait_http(f"{mock_url}/_mock/faults", mock, READY_TIMEOUT_S)
+        ports = {
+            "worker": _free_port(settings.worker_metrics_port),
+            "collector": _free_port(settings.collector_port),
+            "triggers": _free_port(settings.triggers_metrics_port),
+            "deliver": _free_port(settings.delivery_metrics_port),
+            "report": _free_port(settings.report_metrics_port),
+        }
         if options.models:
-            trainer_env = {**env, "NUDGE_TRAINER_METRICS_PORT": str(_free_port())}
+            ports["trainer"] = _free_port(settings.trainer_metrics_port)
+            trainer_env = {**env, "NUDGE_TRAINER_METRICS_PORT": str(ports["trainer"])}
             children.append(_Child("trainer", ["trainer"], trainer_env, logs / f"loop-{tag}-trainer.log"))
-        worker_port = _free_port()
-        worker = WorkerProcess(s, web_port=worker_port, log_path=logs / f"loop-{tag}-worker.log").start()
+        worker = WorkerProcess(s, web_port=ports["worker"], log_path=logs / f"loop-{tag}-worker.log").start()
         run.logs["worker"] = worker.log_path
         worker.wait_ready(READY_TIMEOUT_S)
-        triggers_port = _free_port()
         triggers = _Child(
             "triggers",
-            ["-v", "triggers", "--clock", "event", "--tick", "0.2", "--metrics-port", str(triggers_port)],
+            ["-v", "triggers", "--clock", "event", "--tick", "0.2", "--metrics-port", str(ports["triggers"])],
             env,
             logs / f"loop-{tag}-triggers.log",
         )
         children.append(triggers)
-        deliver = _Child(
-            "deliver",
-            ["deliver"],
-            {**env, "NUDGE_DELIVERY_METRICS_PORT": str(_free_port())},
-            logs / f"loop-{tag}-deliver.log",
+        children.append(
+            _Child(
+                "deliver",
+                ["deliver"],
+                {**env, "NUDGE_DELIVERY_METRICS_PORT": str(ports["deliver"])},
+                logs / f"loop-{tag}-deliver.log",
+            )
         )
-        children.append(deliver)
-        _wait_http(f"http://127.0.0.1:{triggers_port}/metrics", triggers, READY_TIMEOUT_S)
+        children.append(
+            _Child(
+                "collector",
+                ["collect", "--port", str(ports["collector"])],
+                {**env, "NUDGE_COLLECTOR_PORT": str(ports["collector"])},
+                logs / f"loop-{tag}-collector.log",
+            )
+        )
+        children.append(
+            _Child(
+                "report",
+                ["report", "--serve", "--every", "5", "--metrics-port", str(ports["report"])],
+                env,
+                logs / f"loop-{tag}-report.log",
+            )
+        )
+        run.settings = s
+        run.endpoints = {name: f"http://127.0.0.1:{port}/metrics" for name, port in ports.items()}
+        run.pids = {child.name: child.proc.pid for child in children if child.name != "mock-providers"}
+        if worker.proc is not None:
+            run.pids["worker"] = worker.proc.pid
+        for child in children:
+            if child.name in run.endpoints:
+                _wait_http(run.endpoints[child.name], child, READY_TIMEOUT_S)
         time.sleep(1.0)  # the trigger service's consumer groups exist before the first change
         for child in children:
             run.logs[child.name] = child.log
+        if options.on_running is not None:
+            options.on_running(run)
         say(
             f"loop {tag}: {options.users} users, {options.days:g} days ending now, at {options.rate:,.0f} events/s; "
             f"mock providers on {mock_url}; logs {logs}/loop-{tag}-*.log"
@@ -257,6 +304,8 @@ def run_loop(options: LoopOptions, settings: Settings, *, say: Any = print) -> L
                 break
             time.sleep(0.5)
         run.deliveries = last
+        if options.before_stop is not None:
+            options.before_stop(run)
     finally:
         for child in reversed(children):
             run.statuses[child.name] = child.stop()

@@ -74,3 +74,26 @@ class DeliveryMetrics:
         self.in_flight = Gauge(
             "nudge_delivery_in_flight_messages", "Outbox messages read and not finished (waiting included)", registry=r
         )
+        self.lag = Gauge(
+            "nudge_consumer_lag_messages",
+            "Outbox messages not read yet, by topic and partition this worker owns",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.dependency_up = Gauge(
+            "nudge_dependency_up", "1 while the dependency answers, 0 while it fails", ["dependency"], registry=r
+        )
+        self.up()
+        for channel in ("push", "sms", "webhook"):
+            for outcome in ("ok", "retry", "permanent"):
+                self.sends.labels(channel, outcome)
+            for outcome in ("sent", "duplicate"):
+                self.messages.labels(channel, outcome)
+            self.duplicates_prevented.labels(channel)
+            self.retries.labels(channel)
+            self.resent_after_crash.labels(channel)
+
+    def up(self) -> None:
+        """A message went through: its ledger (Redis) and its records (Kafka) answered."""
+        self.dependency_up.labels("kafka").set(1)
+        self.dependency_up.labels("redis").set(1)

@@ -72,6 +72,7 @@ MAX_IN_FLIGHT_PER_PARTITION = 500
 # Worst case of one claim -> record step: FCM may fetch a token, send, fetch again on a 401, send again.
 _HTTP_CALLS_PER_ATTEMPT = 4
 _DEPENDENCY_RETRY_S = 1.0
+LAG_EVERY_S = 5.0  # how often nudge_consumer_lag_messages is refreshed
 
 
 def check_settings(settings: Settings) -> None:
@@ -171,6 +172,8 @@ class DeliveryWorker:
         self._to_commit: dict[TopicPartition, int] = {}
         self._commit_wanted = asyncio.Event()
         self._paused: set[TopicPartition] = set()
+        self._read_upto: dict[TopicPartition, int] = {}
+        self._lag_at = 0.0
         self.stopping = asyncio.Event()
 
     async def run(self) -> None:
@@ -182,11 +185,13 @@ class DeliveryWorker:
                     for record in records:
                         self._start(tp, record)
                 self._flow_control()
+                self._measure_lag()
         finally:
             await self.release(set(self._trackers))
             committer.cancel()
 
     def _start(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
+        self._read_upto[tp] = record.offset + 1
         tracker = self._trackers.setdefault(tp, OffsetTracker())
         tracker.add(record.offset)
         task = asyncio.create_task(self._one(tp, tracker, record))
@@ -195,6 +200,18 @@ class DeliveryWorker:
         task.add_done_callback(tasks.discard)
         self._metrics.in_flight.inc()
         task.add_done_callback(lambda _t: self._metrics.in_flight.dec())
+
+    def _measure_lag(self) -> None:
+        """Messages in the log past what this worker read: aiokafka's highwater (from fetch responses)."""
+        now = time.monotonic()
+        if now - self._lag_at < LAG_EVERY_S:
+            return
+        self._lag_at = now
+        self._metrics.lag.clear()  # partitions given away stop being reported
+        for tp in self._consumer.assignment():
+            highwater, read = self._consumer.highwater(tp), self._read_upto.get(tp)
+            if highwater is not None and read is not None:
+                self._metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - read))
 
     def _flow_control(self) -> None:
         for tp, tracker in self._trackers.items():
@@ -210,10 +227,13 @@ class DeliveryWorker:
         while True:
             try:
                 await self._deliverer.handle(record.key, record.value, source)
+                self._metrics.up()
                 break
             except (redis.exceptions.RedisError, KafkaError, OSError) as exc:
                 # A dependency is down: the message is neither skipped nor committed; try it again.
                 # A new attempt has a new ledger owner, so a send cut short here is never repeated blindly.
+                failed = "kafka" if isinstance(exc, KafkaError) else "redis"
+                self._metrics.dependency_up.labels(failed).set(0)
                 log.warning("%s: %s (%s); trying again in %g s", source, type(exc).__name__, exc, _DEPENDENCY_RETRY_S)
                 await asyncio.sleep(_DEPENDENCY_RETRY_S)
             except Exception as exc:

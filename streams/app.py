@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 TABLE_NAME = "user-state"
 _CODEC = "nudge-user-state"
 _HEALTH_CHECK_S = 2.0
+_LAG_EVERY_S = 5.0  # how often nudge_consumer_lag_messages is refreshed
 _RESYNC_CHUNK = 2000
 _IDLE_SWEEP_S = 1.0  # with models: how long the input may be quiet before due users are swept anyway
 _FLUSH_SLICE = 20  # changelog entries serialised and produced between yields (~2 ms with models)
@@ -126,6 +127,14 @@ class _CommitMonitor(Monitor):
         super().on_tp_commit(tp_offsets)
         self.metrics.committed()
 
+    def on_rebalance_end(self, app: Any, state: dict[str, Any]) -> None:
+        # Faust's sensor API: `state` holds time_start and, once the assignment
+        # returned, time_return; the rest until now is recovery and the seek.
+        super().on_rebalance_end(app, state)
+        self.metrics.rebalances.observe(state["latency_end"])
+        if "time_return" in state:
+            self.metrics.recovery_seconds.set(state["time_end"] - state["time_return"])
+
 
 class UserStateUpdater:
     """The shell: take a batch, call the step, perform its effects."""
@@ -170,6 +179,8 @@ class UserStateUpdater:
         self.gc.install()
         # Labels and offer rewards for the trainer: only when models are on (a signing key is set).
         self.models = model_stage_for(settings) if settings.model_key else None
+        if self.models is not None:
+            metrics.offers(self.models.catalog)
         self._tracked: frozenset[Any] = frozenset()
 
     def prepare(self, events: Sequence[EventT[Any]]) -> _Stepped:
@@ -428,6 +439,9 @@ class UserStateUpdater:
         m.stage_seconds.labels("step").observe(batch.stepped - batch.started)
         if batch.events:  # an idle sweep (models) is not a batch of input
             m.batch_size.observe(len(batch.events))
+        if self.models is not None:
+            for write in result.writes:
+                m.scored(write.fields)
         m.batch_seconds.observe(time.perf_counter() - batch.started)
         m.last_batch.set(now)
 
@@ -464,6 +478,7 @@ def create_app(settings: Settings, *, web_port: int | None = None, store: Featur
         broker_session_timeout=10.0,
         broker_heartbeat_interval=3.0,
     )
+    metrics.known(topic for topic in (*settings.input_topics, settings.topic_rekeyed))
     health = DependencyHealth(metrics.dependency_up)
     health.known("kafka", "redis")
     QuietClientLogs.install(health, "kafka", ("aiokafka", "kafka"))
@@ -496,6 +511,13 @@ def create_app(settings: Settings, *, web_port: int | None = None, store: Featur
     async def offsets_page(web: Any, request: Any) -> Any:
         consumer: faust_internals.Consumer = app.consumer  # type: ignore[assignment]
         return web.json(consumer.offsets_report())
+
+    @app.timer(interval=_LAG_EVERY_S)  # type: ignore[untyped-decorator]
+    async def consumer_lag() -> None:
+        consumer: faust_internals.Consumer = app.consumer  # type: ignore[assignment]
+        metrics.lag.clear()  # partitions given away stop being reported
+        for (topic, partition), behind in consumer.lag().items():
+            metrics.lag.labels(topic, str(partition)).set(behind)
 
     @app.timer(interval=_HEALTH_CHECK_S)  # type: ignore[untyped-decorator]
     async def kafka_back() -> None:

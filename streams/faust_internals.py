@@ -310,6 +310,22 @@ class Consumer(_aiokafka.Consumer):
             }
         return report
 
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Per input partition this worker owns: messages in the log it has not folded yet.
+
+        The log end is Faust's public `highwater` (known once a fetch answered);
+        the position is the next offset this consumer expects, exact from the
+        assignment's seek on, so a restart does not report the whole log.
+        """
+        lag: dict[tuple[str, int], int] = {}
+        for tp in self.assignment():
+            if not self.app.topics.acks_enabled_for(tp.topic):
+                continue
+            highwater, expected = self.highwater(tp), self._expect.get(tp)
+            if highwater is not None and expected is not None:
+                lag[(tp.topic, tp.partition)] = max(0, highwater - expected)
+        return lag
+
     # -- rebalance bookkeeping ----------------------------------------------
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:

@@ -7,14 +7,23 @@ The worker serves them on /metrics (its Faust web port).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from features.state import Outcome
+from models.snapshot import REFUSAL_REASONS
+from nudge.events import Rejection
 
 __all__ = ["StreamMetrics"]
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _FRESHNESS_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000)
+_SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+_RECOVERY_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+# The score fields a worker writes (models/bundle.py) whose distribution is watched for drift.
+SCORED_FIELDS = {"churn_score": "churn", "nbo_score": "nbo"}
 
 
 class StreamMetrics:
@@ -90,5 +99,65 @@ class StreamMetrics:
             registry=r,
         )
 
+        self.lag = Gauge(
+            "nudge_consumer_lag_messages",
+            "Messages not consumed yet (log end offset - committed), by topic and partition this worker owns",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.recovery_seconds = Gauge(
+            "nudge_stream_recovery_seconds",
+            "How long the last rebalance took from the assignment's return to the worker being ready "
+            "(table recovery from the changelog, then the seek)",
+            registry=r,
+        )
+        self.rebalances = Histogram(
+            "nudge_stream_rebalance_seconds",
+            "Whole rebalances: from the start of the rebalance until the worker is ready again",
+            buckets=_RECOVERY_BUCKETS,
+            registry=r,
+        )
+        self.scores = Histogram(
+            "nudge_worker_scores",
+            "Scores written to Redis, by model (churn: churn_score, nbo: the chosen offer's score): "
+            "their distribution over time shows drift",
+            ["model"],
+            buckets=_SCORE_BUCKETS,
+            registry=r,
+        )
+        self.offer_choices = Counter(
+            "nudge_worker_offer_choices_total", "Next-best offers chosen and written, by offer", ["offer"], registry=r
+        )
+
     def committed(self) -> None:
         self.last_commit.set(time.time())
+
+    def known(self, input_topics: Iterable[str]) -> None:
+        """Start every known (topic, outcome) and dead-letter reason at 0.
+
+        A labelled counter has no series until its first increment, so a panel
+        or an alert on, say, late events would show "no data" on a healthy
+        worker, indistinguishable from a misspelt metric.
+        """
+        for topic in input_topics:
+            for outcome in (*(o.value for o in Outcome), "rejected", "rekeyed", "refused"):
+                self.events.labels(topic, outcome)
+        for reason in (*Rejection.REASONS, "too_old", "processing_error"):
+            self.dlq.labels(reason)
+        for reason in REFUSAL_REASONS:
+            self.snapshots_refused.labels(reason)
+
+    def offers(self, offer_ids: Iterable[str]) -> None:
+        """Start every catalog offer's choice count at 0 (a panel shows an offer never chosen)."""
+        for offer in offer_ids:
+            self.offer_choices.labels(offer)
+
+    def scored(self, fields: Mapping[str, str]) -> None:
+        """Count what one user's write says about the models: its scores, and the offer chosen."""
+        for name, model in SCORED_FIELDS.items():
+            value = fields.get(name)
+            if value is not None:
+                self.scores.labels(model).observe(float(value))
+        offer = fields.get("nbo_offer")
+        if offer:
+            self.offer_choices.labels(offer).inc()

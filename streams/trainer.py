@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import Any, Final
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
@@ -189,6 +189,9 @@ class TrainSummary:
 # --- Kafka edges ----------------------------------------------------------------
 
 
+LAG_EVERY_S: Final = 5.0  # how often the consumer-lag gauge is refreshed
+
+
 def _consumer(settings: Settings, client_id: str) -> KafkaConsumer:
     return connect(
         KafkaConsumer,
@@ -319,7 +322,7 @@ class _Trainer:
                 before = self.bundle.learned["rewards"]
                 learn_reward(self.bundle, reward)
                 if self.bundle.learned["rewards"] > before:
-                    self.metrics.rewards.inc()
+                    self.metrics.rewards.labels(reward.offer_id, "1" if reward.reward > 0 else "0").inc()
                 else:
                     self._skip("unknown_offer")
         except ValueError as exc:
@@ -402,7 +405,10 @@ def train(settings: Settings, *, stop: threading.Event, metrics: TrainerMetrics 
     producer: KafkaProducer | None = None
     try:
         trainer.resume(consumer)
-        trainer.seek(consumer, _input_partitions(consumer, settings))
+        partitions = _input_partitions(consumer, settings)
+        trainer.seek(consumer, partitions)
+        trainer.metrics.offers(offer.id for offer in load_offers(settings.offers_path))
+        lag_at = 0.0
         producer = connect(
             KafkaProducer,
             settings,
@@ -419,6 +425,14 @@ def train(settings: Settings, *, stop: threading.Event, metrics: TrainerMetrics 
                     trainer.handle(tp.topic, tp.partition, message.offset, message.value)
             if trainer.due():
                 trainer.publish(producer)
+            if time.monotonic() - lag_at >= LAG_EVERY_S:
+                lag_at = time.monotonic()
+                for tp in partitions:
+                    highwater = consumer.highwater(tp)  # known from the last fetch response; None before one
+                    if highwater is not None:
+                        trainer.metrics.lag.labels(tp.topic, str(tp.partition)).set(
+                            max(0, highwater - consumer.position(tp))
+                        )
         if trainer.since_snapshot:
             trainer.publish(producer)
     finally:

@@ -8,7 +8,7 @@ target, reason, model, metric.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -36,7 +36,18 @@ class TrainerMetrics:
         self.examples = Counter(
             "nudge_trainer_examples_learned_total", "Training examples learned, by target", ["target"], registry=r
         )
-        self.rewards = Counter("nudge_trainer_rewards_learned_total", "Bandit rewards learned", registry=r)
+        self.rewards = Counter(
+            "nudge_trainer_rewards_learned_total",
+            "Bandit rewards learned, by offer and reward (1: bought within the attribution window, 0: did not)",
+            ["offer", "reward"],
+            registry=r,
+        )
+        self.lag = Gauge(
+            "nudge_consumer_lag_messages",
+            "Messages not consumed yet, by topic and partition",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.skipped = Counter(
             "nudge_trainer_records_skipped_total",
             "Input records not learned, by reason (malformed, duplicate, unknown_offer)",
@@ -73,6 +84,14 @@ class TrainerMetrics:
             self.refused.labels(reason)
         for target in ("churn", "churn_7d", "clv_30d"):
             self.examples.labels(target)
+        for reason in ("malformed", "duplicate", "bad_label", "unknown_offer"):
+            self.skipped.labels(reason)
+
+    def offers(self, offer_ids: Iterable[str]) -> None:
+        """Start every offer's reward series at 0, so a conversion panel shows an offer before its first reward."""
+        for offer in offer_ids:
+            for reward in ("0", "1"):
+                self.rewards.labels(offer, reward)
 
     def set_repairs(self, model: str, repairs: Mapping[str, int]) -> None:
         for reason, count in repairs.items():

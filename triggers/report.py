@@ -45,7 +45,7 @@ from typing import Any, Final
 import orjson
 
 from models.offers import Offer
-from nudge.errors import ConfigError, DependencyUnavailable
+from nudge.errors import ConfigError, DependencyUnavailable, UsageError
 from nudge.events import MAX_EPOCH_MS, AppEvent, PurchaseEvent, id_problem, parse_event
 from nudge.settings import Settings
 from nudge.text import printable, quoted
@@ -730,6 +730,44 @@ def _read_topic(settings: Settings, topic: str, bar: Any) -> Iterator[bytes | No
         consumer.close()
 
 
+def decision_record(raw: bytes | None) -> dict[str, Any]:
+    """A decisions-topic message as a plain record; a non-object is {} (build_report counts it as malformed)."""
+    try:
+        record = orjson.loads(raw) if raw is not None else None
+    except orjson.JSONDecodeError:
+        record = None
+    return record if isinstance(record, dict) else {}
+
+
+def purchase_record(raw: bytes | None) -> dict[str, Any] | None:
+    """A purchases-topic message as the record build_report reads, or None if it is not a valid purchase."""
+    event = parse_event(raw)
+    if not isinstance(event, PurchaseEvent):
+        return None  # a Rejection, or another event type on the wrong topic
+    return {
+        "event_id": event.event_id,
+        "user_id": event.user_id,
+        "ts": event.ts_ms,
+        "total": event.total,
+        "currency": event.currency,
+        "offer_id": event.offer_id or "",
+    }
+
+
+def feedback_record(raw: bytes | None) -> dict[str, Any] | None:
+    """An app-events message about a message the user got (FEEDBACK_TYPES), or None for any other."""
+    event = parse_event(raw)
+    if not isinstance(event, AppEvent) or event.type not in FEEDBACK_TYPES:
+        return None
+    return {
+        "event_id": event.event_id,
+        "type": event.type,
+        "user_id": event.user_id,
+        "ts": event.ts_ms,
+        "campaign_id": event.campaign_id or "",
+    }
+
+
 def read_topics(
     settings: Settings, rule: str | None, progress: bool = True
 ) -> tuple[list[Any], list[Any], list[Any], int]:
@@ -745,49 +783,42 @@ def read_topics(
     app_events: list[dict[str, Any]] = []
     rejected = 0
     with tqdm(desc="report", unit="msg", unit_scale=True, file=sys.stderr, disable=None if progress else True) as bar:
-        for raw in _read_topic(settings, settings.topic_decisions, bar):
-            try:
-                record = orjson.loads(raw) if raw is not None else None
-            except orjson.JSONDecodeError:
-                record = None
-            # A non-object goes through as {} so build_report counts it as malformed.
-            decisions.append(record if isinstance(record, dict) else {})
+        decisions.extend(decision_record(raw) for raw in _read_topic(settings, settings.topic_decisions, bar))
         users = {d.get("user_id") for d in decisions if rule is None or d.get("rule") == rule}
         for raw in _read_topic(settings, settings.topic_purchases, bar):
-            event = parse_event(raw)
-            if not isinstance(event, PurchaseEvent):
-                rejected += 1  # a Rejection, or another event type on the wrong topic
-                continue
-            if event.user_id in users:
-                purchases.append(
-                    {
-                        "event_id": event.event_id,
-                        "user_id": event.user_id,
-                        "ts": event.ts_ms,
-                        "total": event.total,
-                        "currency": event.currency,
-                        "offer_id": event.offer_id or "",
-                    }
-                )
+            purchase = purchase_record(raw)
+            if purchase is None:
+                rejected += 1
+            elif purchase["user_id"] in users:
+                purchases.append(purchase)
         for raw in _read_topic(settings, settings.topic_app_events, bar):
-            event = parse_event(raw)
-            if isinstance(event, AppEvent) and event.type in FEEDBACK_TYPES and event.user_id in users:
-                app_events.append(
-                    {
-                        "event_id": event.event_id,
-                        "type": event.type,
-                        "user_id": event.user_id,
-                        "ts": event.ts_ms,
-                        "campaign_id": event.campaign_id or "",
-                    }
-                )
+            feedback = feedback_record(raw)
+            if feedback is not None and feedback["user_id"] in users:
+                app_events.append(feedback)
     return decisions, purchases, app_events, rejected
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from models.offers import load_offers
 
+    if args.serve:
+        alone = [
+            flag
+            for flag, value in (
+                ("--since", args.since),
+                ("--rule", args.rule),
+                ("--json", args.json),
+                ("--png", args.png),
+            )
+            if value is not None
+        ]
+        if alone:
+            raise UsageError(f"--serve exports every campaign live; it takes --hours and --every, not {alone[0]}")
     offers = load_offers(settings.offers_path)  # a broken catalog fails before Kafka is read
+    if args.serve:
+        from triggers.campaign_exporter import serve
+
+        return serve(args, settings, {o.id: o for o in offers})
     since_ms: int | None = None
     if args.since is not None:
         since_ms = int(args.since.timestamp() * 1000)
@@ -830,6 +861,7 @@ examples:
   nudge report --hours 24                      decisions of the last 24 hours
   nudge report --since 2026-10-01T00:00:00Z --rule win_back
   nudge report --json report.json --png report.png
+  nudge report --serve --every 15              keep the figures live at /metrics for Prometheus
 
 columns: decisions and sends are counted once however often a record was delivered
 (a delayed message later sent is one send); delivered/opened/clicked come from the
@@ -843,7 +875,7 @@ ROI = (incremental revenue - cost) / cost. README.md "Reading `nudge report`" ha
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from nudge.args import instant, number, output_file
+    from nudge.args import instant, integer, number, output_file
     from nudge.cli import settings_epilog
 
     parser.description = (
@@ -864,11 +896,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--hours",
         type=number(0, 24 * 3660, low_open=True),
         metavar="H",
-        help="only decisions of the last H hours (by the clock now)",
+        help="only decisions of the last H hours (by the clock now; with --serve: before the newest decision)",
     )
     parser.add_argument("--rule", type=_rule_arg, metavar="RULE", help="only this rule (campaign), e.g. win_back")
     parser.add_argument("--json", type=output_file, metavar="FILE", help="also write the figures as JSON to FILE")
     parser.add_argument("--png", type=output_file, metavar="FILE", help="also write a chart of uplift to FILE")
+    serving = parser.add_argument_group("serving the figures to Prometheus (the Campaigns dashboard)")
+    serving.add_argument(
+        "--serve",
+        action="store_true",
+        help="keep reading the topics and export the figures at /metrics (NUDGE_REPORT_METRICS_PORT) until stopped",
+    )
+    serving.add_argument(
+        "--every",
+        type=number(0.5, 86_400),
+        default=15.0,
+        metavar="S",
+        help="with --serve: rebuild the figures every S seconds (default 15)",
+    )
+    serving.add_argument(
+        "--metrics-port", type=integer(1, 65535), metavar="PORT", help="with --serve: this port instead of the setting"
+    )
     parser.epilog = (
         _EXAMPLES
         + "\n"
@@ -879,6 +927,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
             "topic_app_events",
             "attribution_window_ms",
             "offers_path",
+            "report_metrics_port",
         )
     )
     parser.set_defaults(func=run)

@@ -39,7 +39,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -65,6 +65,7 @@ __all__ = ["Publisher", "TriggerMetrics", "TriggerService", "configure", "load_c
 log = logging.getLogger(__name__)
 
 READ_COUNT: Final = 200
+LAG_EVERY_S: Final = 5.0  # how often the consumer group's lag is measured
 LEASE_MS: Final = 60_000
 
 
@@ -114,6 +115,25 @@ class TriggerMetrics:
         self.dependency_errors = Counter(
             "nudge_triggers_dependency_errors_total", "Pauses because Redis or Kafka failed", registry=r
         )
+        self.dependency_up = Gauge(
+            "nudge_dependency_up",
+            "1 while the dependency answers, 0 from a failure until the service's next round works",
+            ["dependency"],
+            registry=r,
+        )
+        self.lag = Gauge(
+            "nudge_consumer_lag_messages",
+            "Changes not yet read by the service's consumer group, by changes stream (topic) and shard (partition)",
+            ["topic", "partition"],
+            registry=r,
+        )
+        for dependency in ("kafka", "redis"):
+            self.dependency_up.labels(dependency).set(1)
+
+    def rules(self, rule_ids: Iterable[str]) -> None:
+        """Start every rule's sent count at 0: a campaign that never fired still shows, at 0."""
+        for rule in rule_ids:
+            self.decisions.labels(rule, "sent", "")
 
 
 class Publisher:
@@ -176,6 +196,7 @@ class TriggerService:
     # sooner, the process that decided it is most likely still publishing it.
     republish_after_ms: int = 30_000
     _last_claim: float = 0.0
+    _lag_at: float = 0.0
 
     # --- one user ---------------------------------------------------------------------
     def now(self) -> int:
@@ -316,7 +337,17 @@ class TriggerService:
                 self.store.done(shard, member, leased)
             done += len(work)
         self.metrics.schedule_depth.set(self.store.pending())
+        if time.monotonic() - self._lag_at >= LAG_EVERY_S:
+            self._lag_at = time.monotonic()
+            self.measure_lag()
         return done
+
+    def measure_lag(self) -> None:
+        """The consumer group's lag on each changes stream (Redis 7's XINFO GROUPS `lag`; absent if unknown)."""
+        for shard, stream in enumerate(changes_streams(self.settings)):
+            for group in self.store.client.xinfo_groups(stream):
+                if _s(group.get("name")) == self.settings.triggers_group and group.get("lag") is not None:
+                    self.metrics.lag.labels(stream, str(shard)).set(int(group["lag"]))
 
     def _send_delayed(self, user_id: str, key: str, fields: dict[str, str], batch: _Batch) -> str:
         """A delayed message's quiet hours ended: send it if the user still consents."""
@@ -398,10 +429,15 @@ class TriggerService:
                     next_tick = time.monotonic() + tick_s
                 if self.poll_changes() == 0:
                     time.sleep(idle_sleep_s)
+                if pause:
+                    for dependency in ("kafka", "redis"):
+                        self.metrics.dependency_up.labels(dependency).set(1)
                 pause = 0.0
             except (RedisError, KafkaError, OSError, DeliveryError) as exc:
                 pause, need_groups = min(10.0, max(0.5, pause * 2)), True
                 self.metrics.dependency_errors.inc()
+                failed = "redis" if isinstance(exc, RedisError | OSError) else "kafka"
+                self.metrics.dependency_up.labels(failed).set(0)
                 log.warning("trigger service: %s; trying again in %.1f s", printable(str(exc))[:300], pause)
                 time.sleep(pause)
 
@@ -497,6 +533,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     publisher = Publisher(settings)
     metrics = TriggerMetrics()
+    metrics.rules(rule.id for rule in rules.rules)
     start_http_server(args.metrics_port or settings.triggers_metrics_port, registry=metrics.registry)
     service = TriggerService(settings, rules, context, store, publisher, metrics, event_time=args.clock == "event")
     stopping = False

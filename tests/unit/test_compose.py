@@ -84,9 +84,19 @@ def _scrape_targets(path: Path) -> dict[str, list[str]]:
 
 
 def test_all_services_exist(services: dict[str, Any]) -> None:
-    assert {"kafka", "redis", "topics", "worker", "collector", "triggers", "deliver", "prometheus", "grafana"} <= set(
-        services
-    )
+    assert {
+        "kafka",
+        "redis",
+        "topics",
+        "worker",
+        "collector",
+        "triggers",
+        "deliver",
+        "trainer",
+        "report",
+        "prometheus",
+        "grafana",
+    } <= set(services)
 
 
 def test_images_are_pinned(services: dict[str, Any]) -> None:
@@ -263,6 +273,8 @@ def test_prometheus_scrapes_worker_and_collector_on_their_container_ports(servic
     assert targets["nudge-collector"] == [f"collector:{collector_port}"]
     assert targets["nudge-triggers"] == [f"triggers:{_env(services['triggers'])['NUDGE_TRIGGERS_METRICS_PORT']}"]
     assert targets["nudge-deliver"] == [f"deliver:{_env(services['deliver'])['NUDGE_DELIVERY_METRICS_PORT']}"]
+    assert targets["nudge-trainer"] == [f"trainer:{_env(services['trainer'])['NUDGE_TRAINER_METRICS_PORT']}"]
+    assert targets["nudge-report"] == [f"report:{_env(services['report'])['NUDGE_REPORT_METRICS_PORT']}"]
     mounts = services["prometheus"]["volumes"]
     assert "./deploy/prometheus:/etc/prometheus:ro" in mounts
     assert "--config.file=/etc/prometheus/prometheus.yml" in services["prometheus"]["command"]
@@ -275,6 +287,8 @@ def test_local_prometheus_scrapes_the_default_local_ports() -> None:
     assert targets["nudge-collector"] == [f"127.0.0.1:{s.collector_port}"]
     assert targets["nudge-triggers"] == [f"127.0.0.1:{s.triggers_metrics_port}"]
     assert targets["nudge-deliver"] == [f"127.0.0.1:{s.delivery_metrics_port}"]
+    assert targets["nudge-trainer"] == [f"127.0.0.1:{s.trainer_metrics_port}"]
+    assert targets["nudge-report"] == [f"127.0.0.1:{s.report_metrics_port}"]
 
 
 @pytest.mark.parametrize("path", [PROMETHEUS, PROMETHEUS_LOCAL], ids=lambda p: p.name)
