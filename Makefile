@@ -19,10 +19,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) ## create .venv and install nudge with its pinned dependencies
 
-system-deps: ## install Debian packages the local stack needs (redis-server, JDK, Maven)
-	@command -v redis-server >/dev/null && command -v java >/dev/null && command -v mvn >/dev/null || \
-	  { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server prometheus default-jdk-headless maven >/dev/null; \
-	    else echo "missing system packages: run 'sudo apt-get install redis-server prometheus default-jdk-headless maven'"; exit 1; fi; }
+system-deps: ## install Debian packages the local stack and the tests need (redis-server, Prometheus, Alertmanager, JDK, Maven, openssl)
+	@command -v redis-server >/dev/null && command -v java >/dev/null && command -v mvn >/dev/null && \
+	  command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null && command -v openssl >/dev/null || \
+	  { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server prometheus prometheus-alertmanager default-jdk-headless maven openssl >/dev/null; \
+	    else echo "missing system packages: run 'sudo apt-get install redis-server prometheus prometheus-alertmanager default-jdk-headless maven openssl'"; exit 1; fi; }
 
 up: install system-deps ## start the local stack (Kafka KRaft + Redis)
 	$(NUDGE) stack up

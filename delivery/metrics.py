@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from delivery.plan import DEAD_LETTER_REASONS
+
 __all__ = ["DeliveryMetrics"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -84,6 +86,8 @@ class DeliveryMetrics:
             "nudge_dependency_up", "1 while the dependency answers, 0 while it fails", ["dependency"], registry=r
         )
         self.up()
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_letters.labels(reason)
         for channel in ("push", "sms", "webhook"):
             for outcome in ("ok", "retry", "permanent"):
                 self.sends.labels(channel, outcome)

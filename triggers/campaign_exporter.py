@@ -13,7 +13,8 @@ exports its figures at /metrics:
   followed by a purchase within the attribution window) or "holdout"
 - `nudge_campaign_uplift_ratio{rule, bound}`: bound "estimate", "low",
   "high" (the report's 95 % Newcombe interval)
-- `nudge_campaign_revenue_eur{rule}`, `nudge_campaign_roi_ratio{rule}`
+- `nudge_campaign_revenue_eur{rule}`, `nudge_campaign_offer_cost_eur{rule}` (what redeemed
+  offers gave away), `nudge_campaign_roi_ratio{rule}` (only once an offer cost something)
 - `nudge_campaign_report_timestamp_seconds`, `nudge_campaign_report_build_seconds`
 - `nudge_consumer_lag_messages{topic, partition}`: what it has not read yet.
 
@@ -118,6 +119,7 @@ class ReportCollector(Collector):
             labels=["rule", "bound"],
         )
         revenue = GaugeMetricFamily("nudge_campaign_revenue_eur", "Revenue of converting purchases", labels=["rule"])
+        cost = GaugeMetricFamily("nudge_campaign_offer_cost_eur", "What redeemed offers gave away", labels=["rule"])
         roi = GaugeMetricFamily(
             "nudge_campaign_roi_ratio", "(incremental revenue - offer cost) / cost", labels=["rule"]
         )
@@ -126,6 +128,7 @@ class ReportCollector(Collector):
             sends.add_metric([rule], row["sends"])
             decisions.add_metric([rule], row["decisions"])
             revenue.add_metric([rule], row["revenue_eur"])
+            cost.add_metric([rule], row["offer_cost_eur"])
             if row["conversion_rate"] is not None:
                 conversion.add_metric([rule, "treated"], row["conversion_rate"])
             if row["holdout"]["conversion_rate"] is not None:
@@ -136,7 +139,7 @@ class ReportCollector(Collector):
                     uplift.add_metric([rule, bound], value)
             if row["roi"] is not None:
                 roi.add_metric([rule], row["roi"])
-        yield from (sends, decisions, conversion, uplift, revenue, roi)
+        yield from (sends, decisions, conversion, uplift, revenue, cost, roi)
         yield GaugeMetricFamily(
             "nudge_campaign_report_timestamp_seconds", "When the figures were last rebuilt", value=self.built_at
         )

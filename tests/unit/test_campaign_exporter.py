@@ -103,6 +103,7 @@ def test_gauges_follow_the_report_treated_against_holdout() -> None:
     high = got[("nudge_campaign_uplift_ratio", (("bound", "high"), ("rule", "win_back")))]
     assert low < 0.25 < high
     assert got[("nudge_campaign_revenue_eur", (("rule", "win_back"),))] == 40.0
+    assert got[("nudge_campaign_offer_cost_eur", (("rule", "win_back"),))] == 0.0  # no offer was redeemed
     assert got[("nudge_consumer_lag_messages", (("partition", "0"), ("topic", "purchases")))] == 7
 
 
