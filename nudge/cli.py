@@ -43,6 +43,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "deliver": ("delivery.worker", "run a delivery worker: the outbox topic -> push/SMS/webhook providers"),
     "mock-providers": ("delivery.mock_providers", "a local FCM/Twilio/webhook server that fails on demand"),
     "bench": ("bench", "benchmarks that print numbers and write JSON + PNG"),
+    "dashboards": ("ops.dashboards", "check the Grafana dashboards, or draw them to PNG from Prometheus"),
+    "top": ("ops.top", "a live terminal view of the dashboards' numbers, from each process's /metrics"),
 }
 
 

@@ -84,8 +84,8 @@ class TrainerMetrics:
             self.refused.labels(reason)
         for target in ("churn", "churn_7d", "clv_30d"):
             self.examples.labels(target)
-        for reason in ("malformed", "duplicate", "bad_label", "unknown_offer"):
-            self.skipped.labels(reason)
+        for skip in ("malformed", "duplicate", "bad_label", "unknown_offer"):
+            self.skipped.labels(skip)
 
     def offers(self, offer_ids: Iterable[str]) -> None:
         """Start every offer's reward series at 0, so a conversion panel shows an offer before its first reward."""
