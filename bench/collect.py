@@ -56,6 +56,7 @@ from tqdm import tqdm
 from nudge.args import integer, number, output_dir, seed
 from nudge.errors import ConfigError, DependencyUnavailable
 from nudge.events import TOPIC_OF_TYPE
+from nudge.kafka_security import kafka_python_config
 from nudge.settings import Settings
 from nudge.topics import admin_client, ensure_topics, topic_for_kind
 from producers.collector import producer_config
@@ -138,7 +139,11 @@ def _raw(settings: Settings, events: Sequence[dict[str, Any]]) -> _Phase:
     messages = [
         (topic_for_kind(settings, TOPIC_OF_TYPE[e["type"]]), e["user_id"].encode(), orjson.dumps(e)) for e in events
     ]
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap.split(","), **producer_config(settings))
+    producer = KafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap.split(","),
+        **producer_config(settings),
+        **kafka_python_config(settings),
+    )
     try:
         for topic in settings.input_topics:  # connected, metadata known: as the collector after warm-up
             producer.send(topic, b"{}", key=b"warm-up")

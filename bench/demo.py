@@ -348,9 +348,9 @@ def _show_users(client: Any, keys: list[str], settings: Settings, truth: dict[st
 
 
 def run_demo(options: DemoOptions, settings: Settings) -> int:
-    import redis
     from redis.exceptions import RedisError
 
+    from nudge.redis_client import sync_client, unreachable
     from nudge.topics import ensure_topics
 
     began = time.monotonic()
@@ -361,14 +361,12 @@ def run_demo(options: DemoOptions, settings: Settings) -> int:
 
     # Preflight, so a missing stack is one clear line and no child is left behind.
     _check_kafka(settings.kafka_bootstrap)
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5)
+    client: Any = sync_client(settings, decode_responses=True, socket_connect_timeout=2, socket_timeout=5)
     try:
         try:
             client.ping()
         except (RedisError, OSError) as exc:
-            raise DependencyUnavailable(
-                f"Redis is not reachable at {display_url(settings.redis_url)} ({exc}); run `nudge stack up`"
-            ) from None
+            raise DependencyUnavailable(f"{unreachable(settings, exc)}; is the stack up (`nudge stack up`)?") from None
         ensure_topics(settings)
 
         events = list(retag(generate(options.users, days, options.seed, start), tag))

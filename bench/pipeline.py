@@ -35,6 +35,7 @@ import orjson
 from bench.scope import drop_run
 from bench.scope import scoped as scoped_settings
 from nudge.args import integer, number, output_dir
+from nudge.kafka_security import aiokafka_config
 from nudge.layout import changes_streams
 from nudge.redis_client import sync_client
 from nudge.settings import Settings
@@ -123,7 +124,10 @@ def _raw_ceiling(settings: Settings, count: int) -> float:
 
     async def consume() -> float:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=4 << 20
+            bootstrap_servers=settings.kafka_bootstrap,
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=4 << 20,
+            **aiokafka_config(settings),
         )
         await consumer.start()
         try:
@@ -150,7 +154,11 @@ async def _send_paced(
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=1
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=1,
+        **aiokafka_config(settings),
     )
     await producer.start()
     try:

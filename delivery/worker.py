@@ -57,8 +57,8 @@ from delivery.webhook import WebhookNotifier
 from nudge.args import integer
 from nudge.errors import ConfigError, DependencyUnavailable
 from nudge.kafka_clients import BOOTSTRAP_TIMEOUT_S
-from nudge.logs import display_url
-from nudge.redis_client import async_client
+from nudge.kafka_security import aiokafka_config, probe
+from nudge.redis_client import async_client, unreachable
 from nudge.settings import Settings
 from nudge.topics import ensure_topics
 
@@ -314,6 +314,7 @@ async def _start_kafka(settings: Settings) -> tuple[AIOKafkaConsumer, AIOKafkaPr
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         request_timeout_ms=int(BOOTSTRAP_TIMEOUT_S * 1000),
+        **aiokafka_config(settings),
     )
     # aiokafka's own defaults are acks=1 without idempotence: a dead letter must be on the ISR.
     producer = AIOKafkaProducer(
@@ -322,6 +323,7 @@ async def _start_kafka(settings: Settings) -> tuple[AIOKafkaConsumer, AIOKafkaPr
         enable_idempotence=True,
         max_request_size=settings.max_message_bytes,
         request_timeout_ms=int(BOOTSTRAP_TIMEOUT_S * 1000),
+        **aiokafka_config(settings),
     )
     try:
         await asyncio.wait_for(producer.start(), BOOTSTRAP_TIMEOUT_S * 2)
@@ -329,8 +331,10 @@ async def _start_kafka(settings: Settings) -> tuple[AIOKafkaConsumer, AIOKafkaPr
     except (KafkaError, TimeoutError, OSError):
         await producer.stop()
         await consumer.stop()
+        # aiokafka says "Unable to bootstrap" whatever the cause: a refused login or CA is named by `probe`.
         raise DependencyUnavailable(
-            f"Kafka is not reachable at {settings.kafka_bootstrap}; start the local stack with `nudge stack up` "
+            await asyncio.to_thread(probe, settings)
+            or f"Kafka is not reachable at {settings.kafka_bootstrap}; start the local stack with `nudge stack up` "
             "or set NUDGE_KAFKA_BOOTSTRAP to your brokers"
         ) from None
     return consumer, producer
@@ -344,9 +348,9 @@ async def serve(
     redis_client = async_client(settings, socket_timeout=5, socket_connect_timeout=BOOTSTRAP_TIMEOUT_S)
     try:
         await redis_client.ping()
-    except redis.exceptions.RedisError:
+    except (redis.exceptions.RedisError, OSError) as exc:
         await redis_client.aclose()
-        raise DependencyUnavailable(f"cannot reach Redis at {display_url(settings.redis_url)}") from None
+        raise DependencyUnavailable(unreachable(settings, exc)) from None
     notifiers = build_notifiers(settings, account)
     metrics = DeliveryMetrics()
     consumer = producer = None

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from kafka.errors import KafkaError
 
 from nudge.errors import DependencyUnavailable
+from nudge.kafka_security import explain, kafka_python_config, misconfiguration, probe
 from nudge.settings import Settings
 
 __all__ = ["BOOTSTRAP_TIMEOUT_S", "QuietKafkaLogs", "connect", "quiet_kafka_logs", "unreachable"]
@@ -39,7 +40,9 @@ _RETRY_NOISE = re.compile(
     r"Unable to update metadata|not found in cluster metadata|KafkaConnectionError|NodeNotReady|"
     r"Got error produce response|Error sending .*Request|RequestTimedOut|ECONNREFUSED|timed out|DNS lookup failed|"
     # a refused batch: split and retried, then failed; the message's future carries the outcome
-    r"splitting batch and retrying|Failed to produce messages|Aborting producer batches",
+    r"splitting batch and retrying|Failed to produce messages|Aborting producer batches|"
+    # a connection the broker refused: a failed authentication or TLS handshake (named by the one line)
+    r"Abort \(|socket disconnected|Handshake failed|Authentication failed",
     re.IGNORECASE,
 )
 
@@ -50,13 +53,16 @@ class QuietKafkaLogs(logging.Filter):
     Attached to the `kafka` logger and every `kafka.*` logger that exists when
     `install` runs (a filter on a parent logger does not see its children's
     records). `dropped` counts the lines kept out; `cause` is the latest
-    connection error among them, without the bootstrap time-out that follows it.
+    connection error among them, without the bootstrap time-out that follows it;
+    `security` the latest line saying the security settings are wrong (a failed
+    authentication or certificate check), which a retry must not hide.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.dropped = 0
         self.cause = ""
+        self.security = ""
 
     def install(self) -> None:
         names = [n for n in logging.root.manager.loggerDict if n.split(".", 1)[0] == "kafka"]
@@ -69,6 +75,8 @@ class QuietKafkaLogs(logging.Filter):
         if record.levelno < logging.WARNING or logging.getLogger().getEffectiveLevel() <= logging.INFO:
             return True
         message = record.getMessage()
+        if misconfiguration(message):
+            self.security = message[:500]
         if not _RETRY_NOISE.search(message):
             return True
         self.dropped += 1
@@ -106,7 +114,11 @@ def _cause(message: str) -> str:
 
 
 def unreachable(settings: Settings) -> str:
-    """The one line saying Kafka cannot be reached at the configured address, and what to do."""
+    """The one line saying Kafka cannot be reached at the configured address, and what to do
+    (or that it refused the security settings: a wrong password or CA)."""
+    refused = explain(settings, _QUIET.security) if _QUIET.security else None
+    if refused:
+        return refused
     cause = _QUIET.cause
     because = f" ({cause})" if cause else ""
     return (
@@ -117,14 +129,20 @@ def unreachable(settings: Settings) -> str:
 
 
 def connect(factory: Callable[..., _Client], settings: Settings, **config: Any) -> _Client:
-    """`factory(bootstrap_servers=..., **config)` (a kafka-python client class), bootstrapped
-    within BOOTSTRAP_TIMEOUT_S or `DependencyUnavailable` naming the address."""
-    quiet_kafka_logs().cause = ""
+    """`factory(bootstrap_servers=..., **config)` (a kafka-python client class) with the security
+    settings (nudge/kafka_security.py), bootstrapped within BOOTSTRAP_TIMEOUT_S or
+    `DependencyUnavailable` naming the address."""
+    quiet = quiet_kafka_logs()
+    quiet.cause = quiet.security = ""
     config.setdefault("bootstrap_timeout_ms", int(BOOTSTRAP_TIMEOUT_S * 1000))
+    config = {**kafka_python_config(settings), **config}
     try:
         return factory(bootstrap_servers=settings.kafka_bootstrap, **config)
-    except KafkaError:
-        raise DependencyUnavailable(unreachable(settings)) from None
+    except KafkaError as exc:
+        message = explain(settings, exc) or unreachable(settings)
+        if message.startswith("Kafka is not reachable"):
+            message = probe(settings) or message  # kafka-python may hide a refused login (see `probe`)
+        raise DependencyUnavailable(message) from None
     except ValueError as exc:  # a malformed address, e.g. a port that is not a number
         raise DependencyUnavailable(
             f"Kafka bootstrap address {settings.kafka_bootstrap!r} is not valid ({exc})"

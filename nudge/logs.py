@@ -41,9 +41,12 @@ _MASK = "***"
 # spaced or dashed in free text; digits glued to letters or more digits are not one.
 _PHONE = re.compile(r"(?<![\w+])\+\d(?:[ \-.]?\d){6,14}(?![\w])")
 _SECRET = re.compile(
-    r"(?i)(?P<name>\b(?:push_token|token|api[_-]?key|password|secret|authorization|phone|email)\b)"
+    # also prefixed names: a client library's `sasl_plain_password`, `ssl_password`, `webhook_secret`
+    r"(?i)(?P<name>\b(?:\w+_)?(?:push_token|token|api[_-]?key|password|secret|authorization|phone|email)\b)"
     r"(?P<sep>[\"']?\s*[:=]\s*)(?P<quote>[\"']?)(?P<value>(?:Bearer\s+|Basic\s+)?[^\s\"',}]+)"
 )
+# Credentials inside a URL (redis://user:password@host): the user and password both go.
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/@]*@")
 
 
 # Country calling codes of 1 and 2 digits (the rest have 3), to keep a masked number's country.
@@ -110,7 +113,8 @@ def redact_line(raw: bytes | str, limit: int = 200) -> str:
 
 
 def redact(text: str) -> str:
-    """Mask phone numbers and `name=value` / `"name": "value"` secrets in free text."""
+    """Mask phone numbers, `name=value` / `"name": "value"` secrets and URL credentials in free text."""
+    text = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{_MASK}@", text)
     text = _SECRET.sub(lambda m: f"{m['name']}{m['sep']}{m['quote']}{_MASK}", text)
     return _PHONE.sub(lambda m: mask_phone(m.group(0)), text)
 

@@ -161,6 +161,7 @@ URL = matching(r"https?://[!-~]+", "an http:// or https:// URL", max_len=2048)
 OPTIONAL_URL = matching(r"(https?://[!-~]+)?", "empty, or an http:// or https:// URL", max_len=2048, min_len=0)
 OPTIONAL_ID = matching(r"[A-Za-z0-9+._:-]*", "empty, or letters, digits and + . _ : -", max_len=256, min_len=0)
 OPTIONAL_SECRET = matching(r"[!-~]*", "empty, or visible ASCII characters", max_len=4096, min_len=0)
+OPTIONAL_NAME = matching(r"[!-~]*", "empty, or up to 256 visible ASCII characters", max_len=256, min_len=0)
 _TYPES: Final[dict[str, type]] = {"int": int, "float": float, "str": str, "Path": Path, "bool": bool}
 _TYPE_NAMES: Final = {int: "an integer", float: "a number", str: "text", Path: "a path", bool: "true or false"}
 
@@ -180,6 +181,30 @@ def _check(f: dataclasses.Field[Any], value: Any) -> None:
     if problem:
         shown = "***" if f.metadata["secret"] else rule.show(value)
         raise ConfigError(f"{env}={shown} {problem}: expected {rule.allowed}")
+
+
+def _check_readable(env: str, path: str) -> None:
+    """ConfigError, one line naming `env`, unless `path` is a file this process can read."""
+    if Path(path).exists() and not Path(path).is_file():  # before open(): a FIFO would block it
+        raise ConfigError(f"{env}={printable(path)}: not a file")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{env}={printable(path)}: cannot read it ({exc.strerror or exc})") from None
+
+
+def _read_secret_file(env: str, path: str) -> str:
+    """A secret given as `<env>_FILE`: the file's text without its trailing line break."""
+    file_env = f"{env}_FILE"
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{file_env}={printable(path)}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        return raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file_env}={printable(path)}: not UTF-8 text") from None
 
 
 def _setting(default: Any, env: str, help: str, rule: Rule, secret: bool = False) -> Any:
@@ -241,6 +266,64 @@ class Settings:
     )
     redis_url: str = _setting(
         "", "NUDGE_REDIS_URL", "Redis URL, any node of a cluster (default redis://127.0.0.1:<redis_port>/0)", REDIS_URL
+    )
+
+    # --- security (README "Secured connections"; every client gets these through
+    # nudge/kafka_security.py or nudge/redis_client.py) ------------------------
+    kafka_security_protocol: str = _setting(
+        "PLAINTEXT",
+        "NUDGE_KAFKA_SECURITY_PROTOCOL",
+        "how every Kafka client connects: PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL (SASL over TLS)",
+        one_of("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    )
+    kafka_sasl_mechanism: str = _setting(
+        "SCRAM-SHA-512",
+        "NUDGE_KAFKA_SASL_MECHANISM",
+        "SASL mechanism of a SASL_* protocol",
+        one_of("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+    )
+    kafka_sasl_username: str = _setting(
+        "", "NUDGE_KAFKA_SASL_USERNAME", "SASL user name (a SASL_* protocol needs it)", OPTIONAL_NAME
+    )
+    kafka_sasl_password: str = _setting(
+        "", "NUDGE_KAFKA_SASL_PASSWORD", "SASL password (a SASL_* protocol needs it)", OPTIONAL_SECRET, secret=True
+    )
+    kafka_ssl_cafile: str = _setting(
+        "",
+        "NUDGE_KAFKA_SSL_CAFILE",
+        "PEM file of the CA(s) that signed the brokers' certificates, for SSL/SASL_SSL (empty: the system's CAs)",
+        PATH,
+    )
+    redis_username: str = _setting(
+        "", "NUDGE_REDIS_USERNAME", "Redis ACL user (empty: the default user)", OPTIONAL_NAME
+    )
+    redis_password: str = _setting(
+        "",
+        "NUDGE_REDIS_PASSWORD",
+        "Redis password (AUTH), kept out of NUDGE_REDIS_URL (empty: none, or the URL's)",
+        OPTIONAL_SECRET,
+        secret=True,
+    )
+    redis_ssl_ca_path: str = _setting(
+        "",
+        "NUDGE_REDIS_SSL_CA_PATH",
+        "PEM file of the CA(s) that signed Redis's certificate, for a rediss:// URL (empty: the system's CAs)",
+        PATH,
+    )
+    stack_secure: bool = _setting(
+        False,
+        "NUDGE_STACK_SECURE",
+        "`nudge stack up` also serves Kafka SASL_SSL and Redis TLS with generated passwords and a local CA (--secure)",
+        BOOL,
+    )
+    kafka_secure_port: int = _setting(
+        9292,
+        "NUDGE_KAFKA_SECURE_PORT",
+        "local broker's SASL_SSL port with NUDGE_STACK_SECURE (node i: kafka_secure_port+i-1)",
+        between(1, 65535),
+    )
+    redis_tls_port: int = _setting(
+        6380, "NUDGE_REDIS_TLS_PORT", "local Redis's TLS port with NUDGE_STACK_SECURE", between(1, 65535)
     )
 
     # --- topics ------------------------------------------------------------
@@ -584,7 +667,8 @@ class Settings:
         # replication the local broker count (the stack is "known" when the
         # bootstrap servers are its own brokers).
         local_bootstrap = ",".join(f"127.0.0.1:{port}" for port in self.kafka_ports)
-        local = self.kafka_bootstrap in ("", local_bootstrap)
+        secure_bootstrap = ",".join(f"127.0.0.1:{port}" for port in self.kafka_secure_ports)
+        local = self.kafka_bootstrap in ("", local_bootstrap, secure_bootstrap)
         if not self.kafka_bootstrap:
             object.__setattr__(self, "kafka_bootstrap", local_bootstrap)
         if not self.redis_url:
@@ -595,6 +679,7 @@ class Settings:
             object.__setattr__(self, "replication", min(3, self.kafka_brokers))
         if self.min_insync_replicas == 0:
             object.__setattr__(self, "min_insync_replicas", 2 if self.replication >= 3 else 1)
+        self._check_security()
         self._check_port_ranges()
         if not 1 <= self.min_insync_replicas <= self.replication:
             raise ConfigError(
@@ -620,6 +705,9 @@ class Settings:
         if self.redis_cluster:
             # Redis Cluster's bus listens on each node's port + 10000.
             ranges.append(("NUDGE_REDIS_PORT", "Redis Cluster bus ports", tuple(p + 10_000 for p in self.redis_ports)))
+        if self.stack_secure:
+            ranges.append(("NUDGE_KAFKA_SECURE_PORT", "broker SASL_SSL ports", self.kafka_secure_ports))
+            ranges.append(("NUDGE_REDIS_TLS_PORT", "Redis TLS port", (self.redis_tls_port,)))
         for env, what, ports in ranges:
             if ports[-1] > 65535:
                 raise ConfigError(f"{env}: {what} {ports[0]}..{ports[-1]} run past 65535")
@@ -627,6 +715,44 @@ class Settings:
             for env_b, what_b, b in ranges[i + 1 :]:
                 if a[0] <= b[-1] and b[0] <= a[-1]:
                     raise ConfigError(f"{env_a} and {env_b}: {what_a} {a[0]}..{a[-1]} overlap {what_b} {b[0]}..{b[-1]}")
+
+    def _check_security(self) -> None:
+        """Security settings that only make sense together, each refused in one line (never showing a secret)."""
+        protocol = f"NUDGE_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}"
+        if self.kafka_security_protocol.startswith("SASL_"):
+            if not (self.kafka_sasl_username and self.kafka_sasl_password):
+                raise ConfigError(
+                    f"{protocol} needs NUDGE_KAFKA_SASL_USERNAME and NUDGE_KAFKA_SASL_PASSWORD "
+                    "(or NUDGE_KAFKA_SASL_PASSWORD_FILE)"
+                )
+        elif self.kafka_sasl_username or self.kafka_sasl_password:
+            raise ConfigError(f"{protocol} sends no SASL credentials: use SASL_SSL, or unset NUDGE_KAFKA_SASL_*")
+        if self.kafka_ssl_cafile:
+            if not self.kafka_security_protocol.endswith("SSL"):
+                raise ConfigError(f"{protocol} does not use TLS: use SSL or SASL_SSL, or unset NUDGE_KAFKA_SSL_CAFILE")
+            _check_readable("NUDGE_KAFKA_SSL_CAFILE", self.kafka_ssl_cafile)
+        url = urlsplit(self.redis_url)
+        if self.redis_password and (url.password or url.username):
+            raise ConfigError(
+                "NUDGE_REDIS_URL holds credentials and NUDGE_REDIS_PASSWORD is set: give them once "
+                "(NUDGE_REDIS_USERNAME/NUDGE_REDIS_PASSWORD keep them out of the URL)"
+            )
+        if self.redis_username and not self.redis_password:
+            raise ConfigError("NUDGE_REDIS_USERNAME needs NUDGE_REDIS_PASSWORD (or NUDGE_REDIS_PASSWORD_FILE)")
+        if self.redis_ssl_ca_path:
+            if url.scheme != "rediss":
+                raise ConfigError(
+                    f"NUDGE_REDIS_SSL_CA_PATH is set but NUDGE_REDIS_URL={display_url(self.redis_url)} is not "
+                    "rediss:// (TLS)"
+                )
+            _check_readable("NUDGE_REDIS_SSL_CA_PATH", self.redis_ssl_ca_path)
+        if self.stack_secure and self.redis_cluster:
+            raise ConfigError("NUDGE_STACK_SECURE runs one Redis with TLS, not a Redis Cluster: unset one of them")
+
+    @property
+    def kafka_secure_ports(self) -> tuple[int, ...]:
+        """SASL_SSL ports of the local brokers with NUDGE_STACK_SECURE, node 1 first."""
+        return tuple(range(self.kafka_secure_port, self.kafka_secure_port + self.kafka_brokers))
 
     @property
     def kafka_ports(self) -> tuple[int, ...]:
@@ -664,11 +790,20 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Build settings from env vars (NUDGE_*), then apply keyword overrides."""
+        """Build settings from env vars (NUDGE_*), then apply keyword overrides.
+
+        A secret may instead be given as `<ENV>_FILE`, the path of a file that
+        holds it (a mounted secret; one trailing line break is dropped)."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
-            raw = environ.get(f.metadata["env"])
+            env = f.metadata["env"]
+            raw = environ.get(env)
+            path = environ.get(f"{env}_FILE") if f.metadata["secret"] else None
+            if path:
+                if raw:
+                    raise ConfigError(f"{env} and {env}_FILE are both set: give the secret once")
+                raw = _read_secret_file(env, path)
             if raw is not None and raw != "":
                 values[f.name] = _parse(f, raw)
         values.update(overrides)
@@ -685,8 +820,13 @@ class Settings:
         return str(next(f.metadata["env"] for f in dataclasses.fields(cls) if f.name == name))
 
     def to_env(self) -> dict[str, str]:
-        """These settings as NUDGE_* env vars, for a child process."""
-        return {f.metadata["env"]: str(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """These settings as NUDGE_* env vars, for a child process.
+
+        A secret goes by value, and its `_FILE` variable is emptied: a parent's
+        `_FILE` would otherwise clash with the value (or name another secret)."""
+        env = {f.metadata["env"]: str(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        env.update({f"{f.metadata['env']}_FILE": "" for f in dataclasses.fields(self) if f.metadata["secret"]})
+        return env
 
     def redacted(self) -> dict[str, str]:
         """Current values for display: secrets masked, URLs without their credentials."""

@@ -28,6 +28,7 @@ _HEADER = """\
 # Copy it to .env and change what you need. docker compose reads .env for ${NUDGE_*}
 # substitution and passes it to the nudge containers; in a shell: `set -a; . ./.env; set +a`.
 # An empty value means "use the default". Secrets are empty here: never commit real ones.
+# Any secret can instead be read from a file: NUDGE_<NAME>_FILE=/path (e.g. a mounted secret).
 """
 
 # Characters a value may hold without quoting, for both `sh` and docker compose.
@@ -52,7 +53,7 @@ def env_example() -> str:
     """The content of deploy/env.example, from the declarations alone (not the current env)."""
     blocks = [_HEADER]
     for decl in Settings.declarations():
-        note = " (secret: set it outside version control)" if decl.secret else ""
+        note = f" (secret: set it outside version control, or {decl.env}_FILE)" if decl.secret else ""
         blocks.append(f"# {decl.help}{note} [allowed: {decl.allowed}]\n{_env_line(decl)}\n")
     return "\n".join(blocks)
 

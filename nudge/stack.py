@@ -34,6 +34,11 @@ masters on ports redis_port.. (no replicas, `cluster-node-timeout` 2 s), each
 in `.nudge/redis/node-<port>/` (AOF, nodes.conf, redis.log, redis.pid), joined
 with `redis-cli --cluster create` on the first start only.
 
+`up --secure` (NUDGE_STACK_SECURE) adds a SASL_SSL listener to every broker
+and TLS plus an ACL user to the single Redis, beside the plain ports (which the
+stack's own tooling keeps using); nudge/stack_secure.py makes the CA, the
+certificates and the passwords, and says which env vars point clients at them.
+
 Tests (and anyone) can stop and start one node of a running stack:
 `kafka_node_pids` / `stop_kafka_node(settings, node_id, kill=True)` /
 `start_kafka_node(settings, node_id)` for a broker, and `redis_node_pids` /
@@ -46,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -59,6 +65,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from nudge import stack_secure
 from nudge.args import output_problem
 from nudge.errors import ConfigError, StackError
 from nudge.settings import Settings
@@ -355,6 +362,10 @@ def _kafka_pid(node: _KafkaNode) -> int | None:
     return pid if pid is not None and _read_pid(node.pidfile, _KAFKA_MARKER) is not None else None
 
 
+def _secure_port(settings: Settings, node: _KafkaNode) -> int:
+    return settings.kafka_secure_port + node.node_id - 1
+
+
 def _write_kafka_config(settings: Settings, paths: _Paths, node: _KafkaNode) -> None:
     node.data.mkdir(parents=True, exist_ok=True)
     node.log.parent.mkdir(parents=True, exist_ok=True)
@@ -362,16 +373,27 @@ def _write_kafka_config(settings: Settings, paths: _Paths, node: _KafkaNode) -> 
     # Internal topics (offsets, transactions, share state) on up to 3 brokers.
     internal_rf = min(3, settings.kafka_brokers)
     internal_isr = 2 if internal_rf >= 3 else 1
+    listeners = [f"PLAINTEXT://127.0.0.1:{node.port}", f"CONTROLLER://127.0.0.1:{node.controller_port}"]
+    advertised = [f"PLAINTEXT://127.0.0.1:{node.port}"]
+    protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    secured: list[str] = []
+    if settings.stack_secure:
+        secure = f"SASL_SSL://127.0.0.1:{_secure_port(settings, node)}"
+        listeners.append(secure)
+        advertised.append(secure)
+        protocols += ",SASL_SSL:SASL_SSL"
+        secured = stack_secure.kafka_properties(stack_secure.SecureMaterial(paths.root), _secure_port(settings, node))
     lines = [
         "# Written by `nudge stack up` from settings; edits are overwritten.",
         "process.roles=broker,controller",
         f"node.id={node.node_id}",
         f"controller.quorum.voters={voters}",
-        f"listeners=PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
-        f"advertised.listeners=PLAINTEXT://127.0.0.1:{node.port}",
+        f"listeners={','.join(listeners)}",
+        f"advertised.listeners={','.join(advertised)}",
         "controller.listener.names=CONTROLLER",
         "inter.broker.listener.name=PLAINTEXT",
-        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        f"listener.security.protocol.map={protocols}",
+        *secured,
         f"log.dirs={node.data}",
         f"num.partitions={settings.partitions}",
         f"default.replication.factor={settings.replication}",
@@ -392,7 +414,8 @@ def _write_kafka_config(settings: Settings, paths: _Paths, node: _KafkaNode) -> 
     if settings.kafka_brokers > 1:
         # A killed broker is fenced (and leaves every ISR) in 6 s, not 9.
         lines += ["broker.heartbeat.interval.ms=1000", "broker.session.timeout.ms=6000"]
-    node.server_properties.write_text("\n".join([*lines, ""]))
+    # With --secure it holds the PLAIN user's password.
+    stack_secure.write_private(node.server_properties, "\n".join([*lines, ""]))
     node.log4j.write_text(
         "\n".join(
             [
@@ -504,17 +527,24 @@ def _start_kafka_nodes(settings: Settings, paths: _Paths, nodes: list[_KafkaNode
         pid = _kafka_pid(node)
         if pid is None:
             stopped.append(node)
+        elif settings.stack_secure and "SASL_SSL://" not in _read_properties(node.server_properties).get(
+            "listeners", ""
+        ):
+            raise StackError(
+                f"{node.name} runs at {node.address} without the SASL_SSL listener: "
+                "`nudge stack down` first, then `nudge stack up --secure`"
+            )
         else:
             lines.append(f"{node.name:6} already running at {node.address}")
     if not stopped:
         return lines
     for node in stopped:
-        for port in (node.port, node.controller_port):
+        ports = [(node.port, "NUDGE_KAFKA_PORT"), (node.controller_port, "NUDGE_KAFKA_CONTROLLER_PORT")]
+        if settings.stack_secure:
+            ports.append((_secure_port(settings, node), "NUDGE_KAFKA_SECURE_PORT"))
+        for port, env in ports:
             if _port_open(port):
-                raise StackError(
-                    f"port {port} ({node.name}) is already in use by another process: "
-                    "set NUDGE_KAFKA_PORT/NUDGE_KAFKA_CONTROLLER_PORT"
-                )
+                raise StackError(f"port {port} ({node.name}) is already in use by another process: set {env}")
     classpath = _kafka_classpath(paths)
     for node in stopped:
         _write_kafka_config(settings, paths, node)
@@ -607,9 +637,14 @@ def stop_kafka_node(settings: Settings, node_id: int, *, kill: bool = False) -> 
 _REDIS_MARKER = "redis-server"
 
 
-def _redis_argv(binary: str, node: _RedisNode) -> list[str]:
-    argv = [
-        binary,
+def _secure_redis_conf(node: _RedisNode) -> Path:
+    return node.dir / "secure.conf"
+
+
+def _redis_argv(binary: str, node: _RedisNode, *, secure: bool = False) -> list[str]:
+    # With --secure, TLS and the ACL user come from a 0600 config file: no password on the command line.
+    argv = [binary, str(_secure_redis_conf(node))] if secure else [binary]
+    argv += [
         "--port", str(node.port),
         "--bind", "127.0.0.1",
         "--dir", str(node.dir),
@@ -646,26 +681,39 @@ def _start_redis_nodes(settings: Settings, paths: _Paths, nodes: list[_RedisNode
     for node in nodes:
         if _read_pid(node.pidfile, _REDIS_MARKER) is None:
             stopped.append(node)
+        elif settings.stack_secure and not _port_open(settings.redis_tls_port):
+            raise StackError(
+                f"{node.name} runs at {node.address} without TLS and its ACL user: "
+                "`nudge stack down` first, then `nudge stack up --secure`"
+            )
         else:
             lines.append(f"{node.name:6} already running at {node.address}")
     if not stopped:
         return lines
     binary = _require("redis-server", "redis-server")
     for node in stopped:
-        ports = [node.port] if node.cluster_config is None else [node.port, node.port + 10_000]
-        for port in ports:
+        ports = [(node.port, "NUDGE_REDIS_PORT")]
+        if node.cluster_config is not None:
+            ports.append((node.port + 10_000, "NUDGE_REDIS_PORT"))
+        if settings.stack_secure:
+            ports.append((settings.redis_tls_port, "NUDGE_REDIS_TLS_PORT"))
+        for port, env in ports:
             if _port_open(port):
-                raise StackError(
-                    f"port {port} ({node.name}) is already in use by another process: set NUDGE_REDIS_PORT"
-                )
+                raise StackError(f"port {port} ({node.name}) is already in use by another process: set {env}")
+    material = stack_secure.SecureMaterial(paths.root) if settings.stack_secure else None
+    auth = None if material is None else (stack_secure.USER, material.redis_password())
     started = time.monotonic()
     procs = []
     for node in stopped:
         node.dir.mkdir(parents=True, exist_ok=True)
-        procs.append(_spawn(_redis_argv(binary, node), node.out, node.pidfile))
+        if material is not None:
+            stack_secure.write_private(
+                _secure_redis_conf(node), stack_secure.redis_config(material, settings.redis_tls_port)
+            )
+        procs.append(_spawn(_redis_argv(binary, node, secure=settings.stack_secure), node.out, node.pidfile))
     deadline = time.monotonic() + REDIS_READY_TIMEOUT_S
     for node, proc in zip(stopped, procs, strict=True):
-        while not _redis_ping(node.port):
+        while not _redis_ping(node.port, auth):
             if proc.poll() is not None:
                 raise StackError(f"redis-server {node.name} exited with {proc.returncode}:\n{_tail(node.log)}")
             if time.monotonic() > deadline:
@@ -676,11 +724,20 @@ def _start_redis_nodes(settings: Settings, paths: _Paths, nodes: list[_RedisNode
     return lines
 
 
-def _redis_ping(port: int) -> bool:
+def _redis_ping(port: int, auth: tuple[str, str] | None = None) -> bool:
+    """Whether the Redis on `port` answers PING (as the secured stack's ACL user with `auth`)."""
     import redis
 
+    username, password = auth or (None, None)
     try:
-        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1, socket_connect_timeout=1)
+        client = redis.Redis(
+            host="127.0.0.1",
+            port=port,
+            username=username,
+            password=password,
+            socket_timeout=1,
+            socket_connect_timeout=1,
+        )
         try:
             return bool(client.ping())
         finally:
@@ -808,17 +865,38 @@ def up(settings: Settings, *, kafka: bool = True, redis: bool = True) -> list[st
     if problem:  # before any server starts and writes its files there
         raise ConfigError(f"NUDGE_DATA_DIR={settings.data_dir}: {problem}")
     paths = _Paths(settings)
+    material = stack_secure.ensure_material(settings) if settings.stack_secure else None
     lines = _start_redis(settings, paths) if redis else []
-    if not kafka:
-        return lines
-    lines += _start_kafka_nodes(settings, paths, paths.kafka_nodes())
-    created = ensure_topics(settings)
-    if created:
-        lines.append(
-            f"topics created: {', '.join(created)} ({settings.partitions} partitions, "
-            f"replication {settings.replication}, min.insync.replicas {settings.min_insync_replicas})"
-        )
+    if kafka:
+        lines += _start_kafka_nodes(settings, paths, paths.kafka_nodes())
+        if material is not None:
+            stack_secure.store_scram_credentials(settings, material)
+        created = ensure_topics(settings)
+        if created:
+            lines.append(
+                f"topics created: {', '.join(created)} ({settings.partitions} partitions, "
+                f"replication {settings.replication}, min.insync.replicas {settings.min_insync_replicas})"
+            )
+    if material is not None:
+        lines += _secured_lines(settings, material, kafka=kafka, redis=redis)
     return lines
+
+
+def _secured_lines(settings: Settings, material: stack_secure.SecureMaterial, *, kafka: bool, redis: bool) -> list[str]:
+    """What `up --secure` serves, and the env vars (file paths, no secret) that point clients at it."""
+    env_file = stack_secure.write_env_file(settings, material)
+    served = []
+    if kafka:
+        addresses = ",".join(f"127.0.0.1:{port}" for port in settings.kafka_secure_ports)
+        mechanisms = ", ".join(stack_secure.SASL_MECHANISMS)
+        served.append(f"Kafka SASL_SSL at {addresses} ({mechanisms}; user {stack_secure.USER})")
+    if redis:
+        served.append(f"Redis TLS at 127.0.0.1:{settings.redis_tls_port} (ACL user {stack_secure.USER})")
+    return [
+        f"secured: {'; '.join(served)}; CA {material.ca}",
+        f"clients use them with these env vars (`set -a; . {env_file}; set +a`):",
+        *(f"  {name}={value}" for name, value in stack_secure.client_env(settings, material).items()),
+    ]
 
 
 def _pidfile_name(pidfile: Path, kind: str) -> str:
@@ -850,11 +928,18 @@ def status(settings: Settings) -> list[ServiceStatus]:
     for kafka in paths.kafka_nodes():
         pid = _kafka_pid(kafka)
         since = _since(kafka.pidfile) if pid is not None else None
-        out.append(ServiceStatus(kafka.name, pid is not None, pid, kafka.address, since))
+        secure = _read_properties(kafka.server_properties).get("listeners", "") if pid is not None else ""
+        address = kafka.address + (
+            f", SASL_SSL 127.0.0.1:{_secure_port(settings, kafka)}" if "SASL_SSL" in secure else ""
+        )
+        out.append(ServiceStatus(kafka.name, pid is not None, pid, address, since))
     for redis_node in paths.redis_nodes():
         pid = _read_pid(redis_node.pidfile, _REDIS_MARKER)
         since = _since(redis_node.pidfile) if pid is not None else None
-        out.append(ServiceStatus(redis_node.name, pid is not None, pid, redis_node.address, since))
+        # redis-server rewrites its command line: a secured one is known by its TLS port.
+        tls = pid is not None and settings.redis_cluster is False and _port_open(settings.redis_tls_port)
+        address = redis_node.address + (f", TLS 127.0.0.1:{settings.redis_tls_port}" if tls else "")
+        out.append(ServiceStatus(redis_node.name, pid is not None, pid, address, since))
     return out
 
 
@@ -862,10 +947,13 @@ def reset(settings: Settings) -> list[str]:
     """Stop the stack and wipe its data (keeps the resolved Kafka classpath)."""
     lines = down(settings)
     paths = _Paths(settings)
+    material = stack_secure.SecureMaterial(paths.root)
     wiped = [paths.kafka / "data", *sorted(paths.kafka.glob("node-*")), paths.redis, paths.logs]
+    wiped += [p for p in (material.tls, material.secrets) if p.exists()]
     for path in wiped:
         shutil.rmtree(path, ignore_errors=True)
     paths.kafka_cluster.unlink(missing_ok=True)
+    material.env_file.unlink(missing_ok=True)
     lines.append(f"wiped {', '.join(str(p) for p in wiped)}")
     return lines
 
@@ -874,6 +962,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     from nudge.cli import settings_epilog
 
     parser.add_argument("action", choices=("up", "down", "status", "reset"), help="what to do with the stack")
+    parser.add_argument(
+        "--secure",
+        action="store_true",
+        help="up: also serve Kafka SASL_SSL and Redis TLS, with generated passwords and a local CA, and print "
+        "the env vars clients use [default: NUDGE_STACK_SECURE]",
+    )
     parser.epilog = settings_epilog(
         "data_dir",
         "kafka_brokers",
@@ -886,11 +980,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "partitions",
         "replication",
         "min_insync_replicas",
+        "stack_secure",
+        "kafka_secure_port",
+        "redis_tls_port",
     )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.secure:
+        settings = dataclasses.replace(settings, stack_secure=True)
     if args.action == "status":
         services = status(settings)
         width = max(6, *(len(s.name) for s in services))

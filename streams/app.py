@@ -38,6 +38,7 @@ from faust.types import EventT
 from prometheus_client import generate_latest
 
 from features.state import UserState
+from nudge.kafka_security import faust_credentials
 from nudge.settings import Settings
 from streams import faust_internals
 from streams.batches import ack, batches
@@ -456,6 +457,7 @@ def create_app(settings: Settings, *, web_port: int | None = None, store: Featur
         settings.app_id,
         monitor=_CommitMonitor(metrics),
         broker=f"{faust_internals.SCHEME}://{settings.kafka_bootstrap}",
+        broker_credentials=faust_credentials(settings),  # SASL/TLS for every consumer and producer
         store=settings.store,
         datadir=str(datadir),
         topic_partitions=settings.partitions,

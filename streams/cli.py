@@ -44,6 +44,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     import faust
 
+    from nudge.redis_client import check
     from nudge.topics import ensure_topics
     from streams.faust_internals import check_versions
 
@@ -53,6 +54,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.store:
         settings = dataclasses.replace(settings, store=args.store)
     ensure_topics(settings)  # Faust would auto-create them with the broker's defaults
+    # A Redis that is down is waited for (the worker retries); a wrong password or CA is not.
+    check(settings, only_misconfigured=True)
     app = create_app(settings, web_port=args.web_port)
     worker = faust.Worker(app, loglevel=args.loglevel, quiet=True)
     worker.execute_from_commandline()

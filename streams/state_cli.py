@@ -329,7 +329,7 @@ def read_state(settings: Settings, user_id: str) -> tuple[dict[str, str], int]:
     """The user's hash and its PTTL in ms (-2: no such key, -1: no TTL)."""
     from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
-    from nudge.redis_client import sync_client
+    from nudge.redis_client import sync_client, unreachable
 
     url = display_url(settings.redis_url)
     key = settings.user_key_prefix + user_id
@@ -342,7 +342,7 @@ def read_state(settings: Settings, user_id: str) -> tuple[dict[str, str], int]:
     except ValueError as exc:
         raise ConfigError(f"NUDGE_REDIS_URL={url!r} is not a Redis URL: {exc}") from None
     except (RedisError, RedisClusterException, OSError) as exc:
-        raise DependencyUnavailable(f"reading {key}: cannot reach Redis at {url}: {exc}") from None
+        raise DependencyUnavailable(f"reading {key}: {unreachable(settings, exc)}") from None
     try:
         with client.pipeline(transaction=True) as pipe:
             pipe.hgetall(key)
@@ -351,7 +351,7 @@ def read_state(settings: Settings, user_id: str) -> tuple[dict[str, str], int]:
     except ResponseError as exc:
         raise InputError(f"reading {key} from Redis at {url}: not a user hash: {exc}") from None
     except (RedisError, OSError) as exc:
-        raise DependencyUnavailable(f"reading {key}: cannot reach Redis at {url}: {exc}") from None
+        raise DependencyUnavailable(f"reading {key}: {unreachable(settings, exc)}") from None
     finally:
         client.close()
     return {_text(name): _text(value) for name, value in fields.items()}, int(ttl)

@@ -562,11 +562,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 def _redis(settings: Settings) -> Any:
     from redis.exceptions import RedisClusterException, RedisError
 
-    from nudge.redis_client import sync_client
+    from nudge.redis_client import sync_client, unreachable
 
     try:
         client = sync_client(settings, socket_connect_timeout=2, socket_timeout=10)
         client.ping()
     except (RedisError, RedisClusterException, OSError) as exc:
-        raise DependencyUnavailable(f"cannot reach Redis at {display_url(settings.redis_url)}: {exc}") from None
+        raise DependencyUnavailable(unreachable(settings, exc)) from None
     return client

@@ -17,7 +17,6 @@ from typing import Any
 import orjson
 
 from nudge.errors import ConfigError, DependencyUnavailable
-from nudge.logs import display_url
 from nudge.settings import Settings
 from nudge.text import printable
 from triggers.guardrails import user_zone
@@ -116,7 +115,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 def read_decisions(settings: Settings, user_id: str) -> list[dict[str, Any]]:
     from redis.exceptions import RedisClusterException, RedisError
 
-    from nudge.redis_client import sync_client
+    from nudge.redis_client import sync_client, unreachable
     from triggers.store import TriggerStore
 
     if settings.redis_url.startswith("memory://"):
@@ -126,4 +125,4 @@ def read_decisions(settings: Settings, user_id: str) -> list[dict[str, Any]]:
         store = TriggerStore(client, prefix=settings.triggers_key_prefix)
         return store.decisions(user_id)
     except (RedisError, RedisClusterException, OSError) as exc:
-        raise DependencyUnavailable(f"cannot reach Redis at {display_url(settings.redis_url)}: {exc}") from None
+        raise DependencyUnavailable(unreachable(settings, exc)) from None

@@ -123,11 +123,12 @@ def uncommitted(settings: Settings) -> dict[str, int]:
     """Per input partition, how far the worker group's committed offset is behind the log end."""
     from kafka import KafkaConsumer, TopicPartition
 
+    from nudge.kafka_clients import connect
     from nudge.topics import admin_client
 
     tps = [TopicPartition(t, p) for t in settings.input_topics for p in range(settings.partitions)]
     admin = admin_client(settings)
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    consumer = connect(KafkaConsumer, settings)  # with the security settings (tests/integration/test_secure_stack.py)
     try:
         committed = admin.list_group_offsets({settings.app_id: tps})[settings.app_id]
         ends = consumer.end_offsets(tps)

@@ -10,6 +10,7 @@ import pytest
 MODULES = [
     "nudge.args",
     "nudge.events",
+    "nudge.kafka_security",
     "nudge.layout",
     "nudge.logs",
     "nudge.notifications",
