@@ -32,7 +32,7 @@ down: ## stop the local stack
 	$(NUDGE) stack down
 
 demo: up ## the whole loop on the local stack: traffic -> worker -> triggers -> delivery -> users react -> report
-	$(BIN)/python -m bench.loop
+	$(BIN)/python -m bench.loop --top
 
 test: install system-deps ## the whole suite: lint, types, layers, unit and integration tests
 	$(BIN)/ruff check .

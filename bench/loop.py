@@ -66,6 +66,8 @@ class LoopOptions:
     models: bool = True
     rules_path: Path | None = None  # default: the settings' (deploy/config/rules.yaml)
     progress: bool = True
+    max_seconds: float | None = None  # stop sending after this long, though the simulated days go on
+    report: bool = True  # read the run's topics back at the end for the campaign report (a soak skips it)
     # Called once every process serves its /metrics (nudge top, the soak's sampler, Prometheus in the tests),
     # and once deliveries have settled, before anything stops (a last look at live metrics).
     on_running: Callable[[LoopRun], None] | None = None
@@ -152,6 +154,7 @@ def run_loop(options: LoopOptions, settings: Settings, *, say: Any = print) -> L
     """Run the whole loop once (see the module docstring); the caller prints or checks the result."""
     from models.offers import load_offers
     from nudge.topics import ensure_topics
+    from ops.top import default_targets
     from triggers.report import build_report, read_topics
 
     began = time.monotonic()
@@ -262,9 +265,11 @@ def run_loop(options: LoopOptions, settings: Settings, *, say: Any = print) -> L
             run.logs[child.name] = child.log
         if options.on_running is not None:
             options.on_running(run)
+        usual = default_targets(settings)  # where `nudge top` looks, unless a port was taken
+        watch = "nudge top" + "".join(f" --target {n}={u}" for n, u in run.endpoints.items() if usual.get(n) != u)
         say(
             f"loop {tag}: {options.users} users, {options.days:g} days ending now, at {options.rate:,.0f} events/s; "
-            f"mock providers on {mock_url}; logs {logs}/loop-{tag}-*.log"
+            f"mock providers on {mock_url}; logs {logs}/loop-{tag}-*.log; live view: `{watch}` in another terminal"
         )
 
         feed = DeliveryFeed(s, data / "mock-provider" / "deliveries.jsonl")
@@ -275,6 +280,7 @@ def run_loop(options: LoopOptions, settings: Settings, *, say: Any = print) -> L
         events = retag(with_reactions(organic, feed, options.seed, options.users, start_ms, end_ms, reactions), tag)
         bucket = TokenBucket(options.rate)
         sent = 0
+        stop_at = time.monotonic() + options.max_seconds if options.max_seconds is not None else float("inf")
 
         def paced() -> Iterator[EventDict]:
             nonlocal sent
@@ -282,6 +288,8 @@ def run_loop(options: LoopOptions, settings: Settings, *, say: Any = print) -> L
             with bar:
                 for event in events:
                     bucket.take()
+                    if time.monotonic() >= stop_at:
+                        break
                     yield event
                     sent += 1
                     if sent % 2000 == 0:
@@ -311,6 +319,10 @@ def run_loop(options: LoopOptions, settings: Settings, *, say: Any = print) -> L
             run.statuses[child.name] = child.stop()
         if worker is not None:
             run.statuses["worker"] = worker.stop(30.0)
+    if not options.report:
+        drop_run(s, scope, key_patterns=(f"{s.changes_stream}*",))
+        run.seconds = time.monotonic() - began
+        return run
     try:
         decisions, purchases, app_events, _ = read_topics(s, None, progress=options.progress)
     finally:
@@ -370,6 +382,11 @@ def build_parser() -> Any:
     )
     parser.add_argument("--seed", type=seed_arg, default=42, metavar="S", help="simulator seed [42]")
     parser.add_argument("--no-models", action="store_true", help="no trainer, no scores: rules on features only")
+    parser.add_argument(
+        "--top",
+        action="store_true",
+        help="show `nudge top`'s live view of the run's processes instead of a progress bar",
+    )
     return parser
 
 
@@ -377,13 +394,24 @@ def main(argv: list[str] | None = None) -> int:
     import orjson
 
     from nudge.logs import setup_logging
+    from ops.top import WatchThread
     from triggers.report import render_text, write_chart
     from triggers.why import explain
 
     args = build_parser().parse_args(argv)
     setup_logging(0)
     settings = Settings.from_env()
-    options = LoopOptions(users=args.users, days=args.days, rate=args.rate, seed=args.seed, models=not args.no_models)
+    top = WatchThread()  # with --top: from the moment every process serves /metrics until deliveries settle
+    options = LoopOptions(
+        users=args.users,
+        days=args.days,
+        rate=args.rate,
+        seed=args.seed,
+        models=not args.no_models,
+        progress=not args.top,
+        on_running=(lambda run: top.start(run.endpoints)) if args.top else None,
+        before_stop=(lambda run: top.stop()) if args.top else None,
+    )
     try:
         run = run_loop(options, settings, say=lambda text: tqdm.write(text, file=sys.stdout))
     except NudgeError as exc:
@@ -392,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("loop: interrupted (its processes were stopped)", file=sys.stderr)
         return 130
+    finally:
+        top.stop()
     out = Path(settings.data_dir) / f"loop-{run.tag}"
     (out / "report.json").write_bytes(orjson.dumps(run.report, option=orjson.OPT_INDENT_2) + b"\n")
     write_chart(run.report, out / "report.png")

@@ -40,6 +40,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from nudge.text import printable
 
 __all__ = [
+    "NO_COUNT",
     "Count",
     "Labels",
     "Reading",
@@ -75,7 +76,7 @@ def parse(text: str) -> Scrape:
 
     `_created` samples (when a series was born) and NaN values are no number to show.
 
-    >>> s = parse('# TYPE a counter\\na_total{x="1"} 3\\na_created{x="1"} 1.7e9\\n')
+    >>> s = parse('# TYPE a_total counter\\na_total{x="1"} 3\\na_created{x="1"} 1.7e9\\n')
     >>> dict(s.samples), sorted(s.monotonic)
     ({'a_total': {(('x', '1'),): 3.0}}, ['a_total'])
     """

@@ -29,7 +29,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Final
 
 from rich import box
@@ -46,6 +46,7 @@ from nudge.text import printable, quoted
 from ops.scrape import NO_COUNT, Count, Reading, Sampler, Window
 
 __all__ = [
+    "PORT_SETTINGS",
     "SECTIONS",
     "Campaigns",
     "Channel",
@@ -374,7 +375,7 @@ def _facts(rows: Iterable[tuple[str, str]]) -> Table:
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column()
     for name, value in rows:
-        grid.add_row(name, Text(value))
+        grid.add_row(name, Text(printable(value)))  # label values (reasons, stages) are in it
     return grid
 
 
@@ -533,7 +534,7 @@ def _campaigns_panel(c: Campaigns) -> Panel:
 
 def _header(view: View) -> Text:
     up = sum(p.up for p in view.processes)
-    when = datetime.fromtimestamp(view.taken_at).strftime("%H:%M:%S")
+    when = datetime.fromtimestamp(view.taken_at, UTC).astimezone().strftime("%H:%M:%S")  # local time
     over = "first scrape: totals only" if view.interval_s is None else f"rates over {view.interval_s:.1f} s"
     text = Text.assemble(("nudge top", "bold"), f"  {when}  {up} of {len(view.processes)} processes up  ({over})\n")
     for i, p in enumerate(view.processes):

@@ -8,6 +8,10 @@ HTTP API. Each dashboard query must return data; each alert must load and
 evaluate without error, and every series it selects must exist; no
 expression may name a metric that no process exports.
 
+The same run checks `nudge top --once` (another process, pointed at the
+run's endpoints): while events flow, every process up and events counted;
+once deliveries settled, the campaign figures and the trainer's snapshot.
+
 A second test runs the "no events" alert end to end: Prometheus evaluates it
 (windows shortened to seconds), Alertmanager routes it to a webhook of ours,
 and it arrives once the worker is stopped.
@@ -17,6 +21,8 @@ from __future__ import annotations
 
 import math
 import re
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -62,6 +68,17 @@ def _post(url: str, events: list[dict[str, Any]]) -> int:
         return int(response.status)
 
 
+def _top_once(run: LoopRun) -> subprocess.CompletedProcess[str]:
+    targets = [arg for name, url in run.endpoints.items() for arg in ("--target", f"{name}={url}")]
+    return subprocess.run(
+        [sys.executable, "-m", "nudge.cli", "top", "--once", "--interval", "1", *targets],
+        cwd=PROMETHEUS_DIR.parents[1],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def _has_data(series: list[Any]) -> bool:
     return any(math.isfinite(v) for s in series for v in s.values)
 
@@ -71,7 +88,9 @@ def test_every_dashboard_and_alert_query_returns_data_from_the_live_loop(setting
     all_queries = queries()
     alerts_file = PROMETHEUS_DIR / "alerts.yml"
     found: dict[str, Any] = {}
+    frames: dict[str, subprocess.CompletedProcess[str]] = {}
     stack = ExitStack()
+    threads: list[threading.Thread] = []
 
     def on_running(run: LoopRun) -> None:
         config = scrape_config(run.endpoints, alerts_file, interval_s=1.0)
@@ -82,8 +101,17 @@ def test_every_dashboard_and_alert_query_returns_data_from_the_live_loop(setting
         now = int(time.time() * 1000)
         found["collector_status"] = _post(f"{base}/v1/events", [_app_open(f"{run.tag}-c{i}", now) for i in range(5)])
 
+        def look() -> None:
+            time.sleep(2.0)  # the simulator starts right after this callback
+            frames["running"] = _top_once(run)
+
+        threads.append(threading.Thread(target=look, daemon=True))
+        threads[0].start()
+
     def before_stop(run: LoopRun) -> None:
         url = found["prometheus"]
+        threads[0].join(60)
+        frames["settled"] = _top_once(run)
         time.sleep(max(0.0, SCRAPED_FOR_S - (time.monotonic() - found["started"])))
         targets = api(url, "/api/v1/targets")["activeTargets"]
         found["targets"] = {t["labels"]["job"]: t["health"] for t in targets}
@@ -128,6 +156,20 @@ def test_every_dashboard_and_alert_query_returns_data_from_the_live_loop(setting
     exported = {re.sub(r"_(bucket|count|sum|created|total)$", "", n) for n in found["exported"]}
     unknown = {n for n in named if re.sub(r"_total$", "", n) not in exported}
     assert not unknown, f"named by a dashboard or an alert, exported by no process: {sorted(unknown)}"
+
+    # `nudge top` saw the live loop: every process up and events flowing, then the campaigns and the models
+    n = len(run.endpoints)
+    running, settled = frames["running"], frames["settled"]
+    assert running.returncode == 0, running.stderr
+    assert f"{n} of {n} processes up" in running.stdout, running.stdout
+    events = re.search(r"events in\s+([\d,.]+)/s", running.stdout)
+    assert events and float(events.group(1).replace(",", "")) > 0, running.stdout
+    assert "dependencies  all up (kafka, redis" in running.stdout
+    assert settled.returncode == 0, settled.stderr
+    assert f"{n} of {n} processes up" in settled.stdout
+    assert "campaigns (nudge report)" in settled.stdout, settled.stdout
+    assert re.search(r"snapshot\s+v\d+", settled.stdout), settled.stdout
+    assert re.search(r"decisions\s+\S+\s+\(total [1-9]", settled.stdout), settled.stdout
 
 
 @pytest.mark.timeout(300)
