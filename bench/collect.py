@@ -56,7 +56,7 @@ from tqdm import tqdm
 from nudge.args import integer, number, output_dir, seed
 from nudge.errors import ConfigError, DependencyUnavailable
 from nudge.events import TOPIC_OF_TYPE
-from nudge.kafka_security import kafka_python_config
+from nudge.kafka_security import client_config
 from nudge.settings import Settings
 from nudge.topics import admin_client, ensure_topics, topic_for_kind
 from producers.collector import producer_config
@@ -142,7 +142,7 @@ def _raw(settings: Settings, events: Sequence[dict[str, Any]]) -> _Phase:
     producer = KafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap.split(","),
         **producer_config(settings),
-        **kafka_python_config(settings),
+        **client_config(settings),
     )
     try:
         for topic in settings.input_topics:  # connected, metadata known: as the collector after warm-up

@@ -35,7 +35,7 @@ import orjson
 from bench.scope import drop_run
 from bench.scope import scoped as scoped_settings
 from nudge.args import integer, number, output_dir
-from nudge.kafka_security import aiokafka_config
+from nudge.kafka_security import client_config
 from nudge.layout import changes_streams
 from nudge.redis_client import sync_client
 from nudge.settings import Settings
@@ -127,7 +127,7 @@ def _raw_ceiling(settings: Settings, count: int) -> float:
             bootstrap_servers=settings.kafka_bootstrap,
             enable_auto_commit=False,
             max_partition_fetch_bytes=4 << 20,
-            **aiokafka_config(settings),
+            **client_config(settings),
         )
         await consumer.start()
         try:
@@ -158,7 +158,7 @@ async def _send_paced(
         acks="all",
         enable_idempotence=True,
         linger_ms=1,
-        **aiokafka_config(settings),
+        **client_config(settings),
     )
     await producer.start()
     try:

@@ -55,7 +55,7 @@ from nudge.args import integer, output_dir, output_problem
 from nudge.args import seed as seed_arg
 from nudge.errors import ConfigError, DeliveryError
 from nudge.events import TOPIC_OF_TYPE
-from nudge.kafka_security import kafka_python_config
+from nudge.kafka_security import client_config
 from nudge.settings import Settings
 from nudge.topics import admin_client, ensure_topics, topic_for_kind
 from producers.kafka import EventProducer
@@ -186,7 +186,7 @@ def _raw(settings: Settings, topics: dict[str, str], inputs: _Inputs) -> _Sample
         client_id="nudge-bench-raw",
         max_request_size=settings.max_message_bytes,
         **RAW_PRODUCER_CONFIG,
-        **kafka_python_config(settings),
+        **client_config(settings),
     )
     try:
         _warm(lambda t: producer.send(t, value=b"warm-up", key=b"warm-up"), producer.flush, topics)

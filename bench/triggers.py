@@ -45,7 +45,7 @@ from bench.scope import drop_run
 from bench.scope import scoped as scoped_settings
 from nudge.args import integer, number, output_dir
 from nudge.errors import NudgeError
-from nudge.kafka_security import aiokafka_config
+from nudge.kafka_security import client_config
 from nudge.layout import changes_stream_of, changes_streams, user_key
 from nudge.redis_client import sync_client
 from nudge.settings import Settings
@@ -466,7 +466,7 @@ async def _send_paced(settings: Settings, plan: list[Planned], rate: float, expe
         acks="all",
         enable_idempotence=True,
         linger_ms=1,
-        **aiokafka_config(settings),
+        **client_config(settings),
     )
     await producer.start()
     try:

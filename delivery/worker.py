@@ -57,7 +57,7 @@ from delivery.webhook import WebhookNotifier
 from nudge.args import integer
 from nudge.errors import ConfigError, DependencyUnavailable
 from nudge.kafka_clients import BOOTSTRAP_TIMEOUT_S
-from nudge.kafka_security import aiokafka_config, probe
+from nudge.kafka_security import client_config, probe
 from nudge.redis_client import async_client, unreachable
 from nudge.settings import Settings
 from nudge.topics import ensure_topics
@@ -314,7 +314,7 @@ async def _start_kafka(settings: Settings) -> tuple[AIOKafkaConsumer, AIOKafkaPr
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         request_timeout_ms=int(BOOTSTRAP_TIMEOUT_S * 1000),
-        **aiokafka_config(settings),
+        **client_config(settings),
     )
     # aiokafka's own defaults are acks=1 without idempotence: a dead letter must be on the ISR.
     producer = AIOKafkaProducer(
@@ -323,7 +323,7 @@ async def _start_kafka(settings: Settings) -> tuple[AIOKafkaConsumer, AIOKafkaPr
         enable_idempotence=True,
         max_request_size=settings.max_message_bytes,
         request_timeout_ms=int(BOOTSTRAP_TIMEOUT_S * 1000),
-        **aiokafka_config(settings),
+        **client_config(settings),
     )
     try:
         await asyncio.wait_for(producer.start(), BOOTSTRAP_TIMEOUT_S * 2)

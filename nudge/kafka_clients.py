@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from kafka.errors import KafkaError
 
 from nudge.errors import DependencyUnavailable
-from nudge.kafka_security import explain, kafka_python_config, misconfiguration, probe
+from nudge.kafka_security import client_config, explain, misconfiguration, probe
 from nudge.settings import Settings
 
 __all__ = ["BOOTSTRAP_TIMEOUT_S", "QuietKafkaLogs", "connect", "quiet_kafka_logs", "unreachable"]
@@ -135,7 +135,7 @@ def connect(factory: Callable[..., _Client], settings: Settings, **config: Any) 
     quiet = quiet_kafka_logs()
     quiet.cause = quiet.security = ""
     config.setdefault("bootstrap_timeout_ms", int(BOOTSTRAP_TIMEOUT_S * 1000))
-    config = {**kafka_python_config(settings), **config}
+    config = {**client_config(settings), **config}
     try:
         return factory(bootstrap_servers=settings.kafka_bootstrap, **config)
     except KafkaError as exc:

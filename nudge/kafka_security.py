@@ -2,11 +2,11 @@
 
 Every Kafka client nudge builds gets its security options here, never a copy:
 
-- `kafka_python_config(settings)`: kafka-python's keyword arguments
-  (`nudge.kafka_clients.connect` adds them to every client it builds);
-- `aiokafka_config(settings)`: aiokafka's; both get one `ssl_context(settings)`,
+- `client_config(settings)`: the keyword arguments of a kafka-python or an
+  aiokafka client, which name them alike (`nudge.kafka_clients.connect` adds
+  them to every kafka-python client it builds); one `ssl_context(settings)`,
   made from NUDGE_KAFKA_SSL_CAFILE (aiokafka takes no CA file, only a context),
-  which checks the broker's certificate and host name;
+  checks the broker's certificate and host name;
 - `faust_credentials(settings)`: Faust's `broker_credentials` (Faust hands
   them to the aiokafka consumers and producers of its transport).
 
@@ -21,7 +21,7 @@ own error does not say (aiokafka's start-up error never does; kafka-python's
 often does not for a refused SASL login).
 
 >>> s = Settings()
->>> kafka_python_config(s)
+>>> client_config(s)
 {'security_protocol': 'PLAINTEXT'}
 >>> explain(s, "Connection failed: SaslAuthenticationFailedError: Authentication failed during authentication")
 'Kafka at 127.0.0.1:9092: authentication failed (SASL SCRAM-SHA-512, no user): check NUDGE_KAFKA_SASL_USERNAME and NUDGE_KAFKA_SASL_PASSWORD'
@@ -40,10 +40,9 @@ from nudge.errors import ConfigError
 from nudge.settings import Settings
 
 __all__ = [
-    "aiokafka_config",
+    "client_config",
     "explain",
     "faust_credentials",
-    "kafka_python_config",
     "misconfiguration",
     "probe",
     "ssl_context",
@@ -86,22 +85,11 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def kafka_python_config(settings: Settings) -> dict[str, Any]:
-    """kafka-python's security keyword arguments: the same TLS context as aiokafka's (so a CA file
-    that is not PEM is refused here, in one line, not at the first connection)."""
-    config: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
-    context = ssl_context(settings)
-    if context is not None:
-        config["ssl_context"] = context
-    if _uses_sasl(settings):
-        config["sasl_mechanism"] = settings.kafka_sasl_mechanism
-        config["sasl_plain_username"] = settings.kafka_sasl_username
-        config["sasl_plain_password"] = settings.kafka_sasl_password
-    return config
+def client_config(settings: Settings) -> dict[str, Any]:
+    """The security keyword arguments of a Kafka client: kafka-python's and aiokafka's share their names.
 
-
-def aiokafka_config(settings: Settings) -> dict[str, Any]:
-    """aiokafka's security keyword arguments, for AIOKafkaConsumer/Producer/AdminClient."""
+    One TLS context for both (so a CA file that is not PEM is refused here, in
+    one line, not at the first connection)."""
     config: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
     context = ssl_context(settings)
     if context is not None:
@@ -197,7 +185,7 @@ def probe(settings: Settings, timeout_s: float = 5.0) -> str | None:
             bootstrap_servers=settings.kafka_bootstrap,
             request_timeout_ms=int(timeout_s * 1000),
             client_id="nudge-probe",
-            **aiokafka_config(settings),
+            **client_config(settings),
         )
         try:
             await asyncio.wait_for(client.bootstrap(), timeout_s)

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from models.bundle import bundle_from_snapshot
 from models.snapshot import SnapshotRefused, open_snapshot
-from nudge.kafka_security import aiokafka_config
+from nudge.kafka_security import client_config
 from nudge.settings import Settings
 from streams.metrics import StreamMetrics
 from streams.model_stage import ModelStage
@@ -55,7 +55,7 @@ async def follow_snapshots(settings: Settings, stage: ModelStage, metrics: Strea
         client_id=f"{settings.app_id}-snapshots",
         max_partition_fetch_bytes=settings.max_message_bytes,
         fetch_max_bytes=settings.max_message_bytes,
-        **aiokafka_config(settings),
+        **client_config(settings),
     )
     await consumer.start()
     try:

@@ -20,7 +20,7 @@ from nudge import stack, stack_secure
 from nudge.cli import main
 from nudge.errors import ConfigError, DependencyUnavailable
 from nudge.kafka_clients import QuietKafkaLogs, connect
-from nudge.kafka_security import aiokafka_config, explain, faust_credentials, kafka_python_config, ssl_context
+from nudge.kafka_security import client_config, explain, faust_credentials, ssl_context
 from nudge.redis_client import misconfigured, security_options, sync_client, unreachable
 from nudge.settings import Settings
 
@@ -214,15 +214,15 @@ def test_nudge_settings_masks_secrets_from_files_and_url_passwords(
 
 def test_plaintext_clients_get_no_security_options() -> None:
     s = Settings()
-    assert kafka_python_config(s) == {"security_protocol": "PLAINTEXT"}
-    assert aiokafka_config(s) == {"security_protocol": "PLAINTEXT"}
+    assert client_config(s) == {"security_protocol": "PLAINTEXT"}
+    assert client_config(s) == {"security_protocol": "PLAINTEXT"}
     assert faust_credentials(s) is None and ssl_context(s) is None
     assert security_options(s) == {}
 
 
 def test_sasl_ssl_options_for_kafka_python_aiokafka_and_faust(material: stack_secure.SecureMaterial) -> None:
     s = Settings.from_env(_sasl(material))
-    for config in (kafka_python_config(s), aiokafka_config(s)):
+    for config in (client_config(s),):  # kafka-python and aiokafka take the same keywords
         context = config.pop("ssl_context")
         assert isinstance(context, ssl.SSLContext) and context.check_hostname
         assert context.verify_mode == ssl.CERT_REQUIRED
@@ -240,16 +240,16 @@ def test_sasl_ssl_options_for_kafka_python_aiokafka_and_faust(material: stack_se
     # SSL alone: Faust's SSLCredentials; SASL_PLAINTEXT: no TLS context.
     tls_only = Settings.from_env({"NUDGE_KAFKA_SECURITY_PROTOCOL": "SSL", "NUDGE_KAFKA_SSL_CAFILE": str(material.ca)})
     assert faust_credentials(tls_only).protocol.value == "SSL"
-    assert "sasl_mechanism" not in kafka_python_config(tls_only)
+    assert "sasl_mechanism" not in client_config(tls_only)
     plain = dataclasses.replace(s, kafka_security_protocol="SASL_PLAINTEXT", kafka_ssl_cafile="")
     assert faust_credentials(plain).protocol.value == "SASL_PLAINTEXT"
-    assert "ssl_context" not in aiokafka_config(plain)
+    assert "ssl_context" not in client_config(plain)
 
 
 def test_a_ca_file_that_is_not_pem_is_one_line(tmp_path: Path) -> None:
     bogus = _secret_file(tmp_path, "not a certificate\n")
     s = Settings.from_env({"NUDGE_KAFKA_SECURITY_PROTOCOL": "SSL", "NUDGE_KAFKA_SSL_CAFILE": str(bogus)})
-    for build in (kafka_python_config, aiokafka_config, faust_credentials):
+    for build in (client_config, faust_credentials):
         with pytest.raises(ConfigError, match=r"NUDGE_KAFKA_SSL_CAFILE=.*not a PEM CA certificate"):
             build(s)
 
@@ -348,7 +348,7 @@ def test_client_configs_never_reach_the_log_even_at_debug(
 
     setup_logging(2)
     s = Settings.from_env(_sasl(material, NUDGE_KAFKA_BOOTSTRAP=f"127.0.0.1:{_closed_port()}"))
-    kafka_python_config(s), aiokafka_config(s), faust_credentials(s)
+    client_config(s), client_config(s), faust_credentials(s)
     with pytest.raises(DependencyUnavailable) as info:
         connect(KafkaAdminClient, s, bootstrap_timeout_ms=300)
     err = capsys.readouterr().err
