@@ -222,17 +222,17 @@ def test_plaintext_clients_get_no_security_options() -> None:
 
 def test_sasl_ssl_options_for_kafka_python_aiokafka_and_faust(material: stack_secure.SecureMaterial) -> None:
     s = Settings.from_env(_sasl(material))
-    for config in (client_config(s),):  # kafka-python and aiokafka take the same keywords
-        context = config.pop("ssl_context")
-        assert isinstance(context, ssl.SSLContext) and context.check_hostname
-        assert context.verify_mode == ssl.CERT_REQUIRED
-        assert context.get_ca_certs()[0]["subject"] == ((("commonName", "nudge local CA"),),)
-        assert config == {
-            "security_protocol": "SASL_SSL",
-            "sasl_mechanism": "SCRAM-SHA-512",
-            "sasl_plain_username": "nudge",
-            "sasl_plain_password": PASSWORD,
-        }
+    config = client_config(s)  # kafka-python and aiokafka take the same keywords
+    context = config.pop("ssl_context")
+    assert isinstance(context, ssl.SSLContext) and context.check_hostname
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.get_ca_certs()[0]["subject"] == ((("commonName", "nudge local CA"),),)
+    assert config == {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "nudge",
+        "sasl_plain_password": PASSWORD,
+    }
     credentials = faust_credentials(s)
     assert credentials.protocol.value == "SASL_SSL" and credentials.mechanism.value == "SCRAM-SHA-512"
     assert (credentials.username, credentials.password) == ("nudge", PASSWORD)
