@@ -9,6 +9,7 @@ the stream worker that `nudge bench pipeline` needs.
 - collect   the HTTP collector against the raw producer rate (bench/collect.py)
 - pipeline  end-to-end events -> Redis state throughput and latency (bench/pipeline.py)
 - triggers  trigger decisions/s vs raw Redis stream reads; event -> provider latency (bench/triggers.py)
+- soak      the whole loop for minutes at half its max rate: RSS, fds, lag, freshness over time (bench/soak.py)
 
 `nudge eval` (bench/evaluate.py) lives here too: it drives the same parts in one process.
 """
@@ -30,6 +31,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "collect": ("bench.collect", "HTTP collector: events/s and latency by batch size and clients, vs raw producer"),
     "pipeline": ("bench.pipeline", "events -> worker -> Redis: throughput and end-to-end latency"),
     "triggers": ("bench.triggers", "trigger decisions/s vs raw Redis stream reads; event -> provider latency"),
+    "soak": ("bench.soak", "the whole loop at half its max rate for minutes: RSS, fds, lag and freshness per process"),
 }
 
 

@@ -896,7 +896,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--hours",
         type=number(0, 24 * 3660, low_open=True),
         metavar="H",
-        help="only decisions of the last H hours (by the clock now; with --serve: before the newest decision)",
+        help="only decisions of the last H hours (by the clock now; with --serve: event time before the newest "
+        "decision, 168 by default)",
     )
     parser.add_argument("--rule", type=_rule_arg, metavar="RULE", help="only this rule (campaign), e.g. win_back")
     parser.add_argument("--json", type=output_file, metavar="FILE", help="also write the figures as JSON to FILE")

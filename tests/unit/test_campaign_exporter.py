@@ -138,5 +138,9 @@ def test_forgetting_drops_old_decisions_and_their_users_records() -> None:
     records.forget_before(records.newest_decision_ms() - 24 * H)
     assert [d["user_id"] for d in records.decisions] == ["new"]
     assert [p["user_id"] for p in records.purchases] == ["new"]
-    feed(records, "purchases", purchase_msg("old", T0 + 50 * H))
-    assert [p["user_id"] for p in records.purchases] == ["new"]
+    # a user kept by a recent decision keeps only the purchases that decision could claim
+    feed(records, "purchases", purchase_msg("new", T0 + H), purchase_msg("new", T0 + 50 * H))
+    records.forget_before(records.newest_decision_ms() - 24 * H)
+    assert [p["ts"] for p in records.purchases] == [T0 + 49 * H, T0 + 50 * H]
+    feed(records, "purchases", purchase_msg("old", T0 + 50 * H))  # no decision names "old" any more
+    assert {p["user_id"] for p in records.purchases} == {"new"}

@@ -176,6 +176,20 @@ CASES = [
     case(["report"], 1, "Kafka is not reachable at 127.0.0.1:1",
          {"NUDGE_OFFERS_PATH": str(ROOT / "deploy" / "config" / "offers.yaml")}),
     case(["report"], 1, "none.yaml: cannot read the offer catalog", {"NUDGE_OFFERS_PATH": "none.yaml"}),
+    # --- top (ops/top.py) ----------------------------------------------------------------------------
+    case(["top", "--interval", "0"], 2, "--interval: expected a number >= 0.1 and <= 3600 s, got '0'"),
+    case(["top", "--interval", "nan"], 2, "--interval: expected a number >= 0.1"),
+    case(["top", "--target", "foo"], 2, "--target: expected NAME=URL (e.g. worker=http://127.0.0.1:6066/metrics"),
+    case(["top", "--target", "Worker=http://127.0.0.1:6066/metrics"], 2, "--target: expected NAME=URL"),
+    case(["top", "--target", "worker=127.0.0.1:6066"], 2, "--target: worker: expected an http:// or https:// URL"),
+    case(["top", "--target", "worker=http://:6066/metrics"], 2, "with a host"),
+    case(["top", "--target", "worker=http://127.0.0.1:99999/metrics"], 2, "has a bad port (1..65535)"),
+    case(["top", "--target", "worker=http://h/\x1b[2J"], 2, "'http://h/\\x1b[2J' holds a space or a control character"),
+    case(["top", "--only", "pipeline,graphs"], 2, "--only: expected a comma-separated list of pipeline, models, campaigns"),
+    case(["top", "--once", "--interval", "0.1", "--target", "worker=http://127.0.0.1:1/metrics"], 1,
+         "no process answered; tried worker http://127.0.0.1:1/metrics (connection refused)",
+         {"NUDGE_COLLECTOR_PORT": "1", "NUDGE_TRAINER_METRICS_PORT": "1", "NUDGE_TRIGGERS_METRICS_PORT": "1",
+          "NUDGE_DELIVERY_METRICS_PORT": "1", "NUDGE_REPORT_METRICS_PORT": "1"}),
     # --- deliver, mock-providers --------------------------------------------------------------------
     case(["deliver", "--metrics-port", "x"], 2, "--metrics-port: expected an integer 0..65535, got 'x'"),
     case(["deliver", "--metrics-port", "70000"], 2, "--metrics-port: expected an integer 0..65535"),
@@ -241,6 +255,16 @@ CASES = [
     case(["bench", "triggers", "--seconds", "-3"], 2, "--seconds: expected a number >= 5 and <= 600 s"),
     case(["bench", "triggers", "--out", "/proc/version"], 2, "--out: cannot write into /proc/version"),
     case(["bench", "triggers", "--bogus"], 2, "unrecognized arguments: --bogus"),
+    case(["bench", "soak", "--minutes", "0"], 2, "--minutes: expected a number >= 1 and <= 1440 min, got '0'"),
+    case(["bench", "soak", "--minutes", "nan"], 2, "--minutes: expected a number >= 1 and <= 1440 min"),
+    case(["bench", "soak", "--every", "0.5"], 2, "--every: expected a number >= 1 and <= 300 s"),
+    case(["bench", "soak", "--warmup", "-1"], 2, "--warmup: expected a number >= 0"),
+    case(["bench", "soak", "--minutes", "2", "--warmup", "110"], 2,
+         "--warmup 110 s leaves fewer than 3 samples (--every 10 s) of the 2-minute soak"),
+    case(["bench", "soak", "--load", "2"], 2, "--load: expected a number >= 0.05 and <= 1 of the max rate"),
+    case(["bench", "soak", "--calibrate", "5"], 2, "--calibrate: expected a number >= 20 and <= 600 s"),
+    case(["bench", "soak", "--users", "5"], 2, "--users: expected an integer 100..20000, got '5'"),
+    case(["bench", "soak", "--out-dir", "/proc/version"], 2, "/proc/version is not a directory"),
 ]  # fmt: skip
 
 
