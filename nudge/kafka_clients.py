@@ -42,7 +42,9 @@ _RETRY_NOISE = re.compile(
     # a refused batch: split and retried, then failed; the message's future carries the outcome
     r"splitting batch and retrying|Failed to produce messages|Aborting producer batches|"
     # a connection the broker refused: a failed authentication or TLS handshake (named by the one line)
-    r"Abort \(|socket disconnected|Handshake failed|Authentication failed",
+    r"Abort \(|socket disconnected|Handshake failed|Authentication failed|"
+    # kafka-python's watchdog on its own I/O loop, when the process is busy: not the user's to act on
+    r"ran for [0-9.]+s \(>[0-9.]+s threshold\)",
     re.IGNORECASE,
 )
 

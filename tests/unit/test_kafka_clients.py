@@ -21,6 +21,13 @@ RETRY_LINES = [
     (logging.WARNING, "kafka.net.manager", "Bootstrap bootstrap-0 not ready; waiting 0.11 secs"),
     (logging.ERROR, "kafka.cluster", "Topic no-such-topic not found in cluster metadata"),
     (logging.ERROR, "kafka.net.manager", "Bootstrap failed: KafkaTimeoutError: Unable to bootstrap from 127.0.0.1:1"),
+    # its I/O loop's watchdog on a busy machine (a soak run printed dozens)
+    (
+        logging.WARNING,
+        "kafka.net.selector",
+        "Task <kafka.net.selector.Task object at 0x7f83> ran for 0.171s (>0.100s threshold). It is blocking the "
+        "event loop -- likely a tight sync loop inside a coroutine. Other pollers will time out.",
+    ),
 ]
 
 
