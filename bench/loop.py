@@ -97,6 +97,8 @@ def _free_port(preferred: int = 0) -> int:
     import socket
 
     with socket.socket() as s:
+        # As the servers do: a port whose last connections linger in TIME_WAIT (the previous run's) is free.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", preferred))
         except OSError:

@@ -35,11 +35,15 @@ def test_offset_keys_keep_topic_names_with_colons_apart_from_partitions() -> Non
     assert offset_key("a.b-c", 12) == "a.b-c:12"
 
 
-def test_seen_ids_forget_the_oldest_beyond_capacity() -> None:
-    seen = SeenIds(capacity=3)
-    assert [seen.add(x) for x in "abca"] == [True, True, True, False]
-    assert seen.add("d") and seen.add("a")  # "a" was the oldest: forgotten when "d" came
-    assert not seen.add("d")
+def test_seen_ids_remember_at_least_half_their_capacity_and_hold_at_most_all_of_it() -> None:
+    seen = SeenIds(capacity=4)
+    ids = [f"ex-{i}" for i in range(50)]
+    for i, x in enumerate(ids):
+        assert seen.add(x), x
+        for recent in ids[max(0, i - 1) : i + 1]:  # the last capacity // 2 are always remembered
+            assert not seen.add(recent), (x, recent)
+        assert len(seen._current) + len(seen._previous) <= 4
+    assert seen.add("ex-0") and seen.add("ex-10")  # long gone: forgotten
 
 
 def test_newest_valid_falls_back_past_refused_records_and_tombstones() -> None:
