@@ -26,6 +26,39 @@ Three candidates, compared on live metrics (models.evaluation, `nudge eval`):
 - `adaptive_tree()`: a Hoeffding Adaptive Tree, which replaces branches when
   the concept drifts.
 
+The cold start: every candidate is shrunk toward a fixed prior,
+`churn_prior` (a logistic of log recency and log events in 7 days, with
+weights set from what churn means, not fitted), by
+``prior_weight(positives learned, PRIOR_STRENGTH)`` (models.learners): all
+prior untrained, half at 1,000 positives (churn and early churn), a quarter
+at 3,000. In a fresh system the negatives come first (a user's next event)
+and the first positive only after 7 days of silence (on the 60-day run, 4
+positives among the first 30 k examples learned), so positives are counted.
+Measured on `nudge eval`'s protocol (2,000 users, 60 days, days 12-46
+pooled; all users / early subset, baseline events_7d):
+
+| run | all users | early subset | log loss |
+|---|---|---|---|
+| model alone, seed 42 | 0.973 (0.978) | 0.880 (0.897) | 0.105 |
+| shrunk, seed 42 | **0.984** (0.978) | **0.913** (0.897) | 0.094 |
+| model alone, seed 7 | 0.974 (0.979) | 0.883 (0.904) | 0.101 |
+| shrunk, seed 7 (replayed) | **0.984** (0.979) | **0.914** (0.904) | 0.091 |
+
+Where it wins: the first days (days 12-15, mean daily AUC on all users 0.87
+-> 0.92, above the baseline's 0.91) and the calibration across days: the
+pooled figures compare scores of different days, and the model's shifting
+scale cost more than its ranking within a day. Within a day the early
+subset is ranked no better than before (mean daily AUC 0.918 shrunk, 0.920
+alone, 0.925 for events in 7 days): telling apart who leaves among the
+recently active still needs more than these inputs (days since the last
+event over the user's 30-day event rate added nothing, +-0.001). The
+strength hardly matters (200 to 2,000 give 0.9835-0.9838 and 0.911-0.914 on
+both seeds); the prior's weights do: other weights (recency 2.0 and events
+0.5; intercept -1.0 with both at 1.5; intercept -2.5) leave the early subset
+below its baseline (0.867-0.893), while intercept 0 with both at 1.0 did
+better (0.916, 0.922) but was found by looking at these runs, so it is not
+taken. A change to the prior is measured on a second seed first.
+
 `learner(kind)` gives the candidate wrapped, ready for the trainer.
 """
 
@@ -39,7 +72,17 @@ from river import compose, forest, linear_model, optim, preprocessing, tree
 
 from models.learners import Classifier
 
-__all__ = ["LEFT_OUT", "LOG_SCALED", "adaptive_tree", "churn_features", "forest_model", "learner", "logistic"]
+__all__ = [
+    "LEFT_OUT",
+    "LOG_SCALED",
+    "PRIOR_STRENGTH",
+    "adaptive_tree",
+    "churn_features",
+    "churn_prior",
+    "forest_model",
+    "learner",
+    "logistic",
+]
 
 Kind = Literal["logistic", "forest", "adaptive_tree"]
 
@@ -81,6 +124,35 @@ LEFT_OUT: Final = frozenset(
 )
 
 
+# The prior's fixed log-odds: intercept, per log1p(days silent), per log1p(events in 7 days).
+_PRIOR_LOGIT: Final = (-1.5, 1.5, -1.0)
+# Days of silence assumed for a user with no event on record.
+_PRIOR_SILENT_DAYS: Final = 30.0
+# Positives (churn and early churn) the model must learn to weigh as much as the prior.
+PRIOR_STRENGTH: Final = 1_000.0
+
+
+def churn_prior(x: Mapping[str, float]) -> float:
+    """The fixed prior P(churn) of sanitised inputs: a logistic of log recency and log events in 7 days.
+
+    Set from what churn means, not fitted to any run: the odds of leaving grow
+    as (1 + days silent)^1.5 and fall as (1 + events in the last week)^-1;
+    a user seen today with a quiet week gets 0.18, a week silent 0.83
+    (`_PRIOR_LOGIT`). A module-level function: it pickles by name.
+
+    >>> round(churn_prior({"recency_days": 0.0, "events_7d": 0.0}), 2)
+    0.18
+    >>> churn_prior({"recency_days": 14.0, "events_7d": 0.0}) > churn_prior({"recency_days": 1.0, "events_7d": 9.0})
+    True
+    """
+    a, per_silence, per_event = _PRIOR_LOGIT
+    missing = x.get("recency_days_missing", 0.0) >= 0.5 or "recency_days" not in x
+    days = _PRIOR_SILENT_DAYS if missing else max(0.0, x["recency_days"])
+    z = a + per_silence * math.log1p(days) + per_event * math.log1p(max(0.0, x.get("events_7d", 0.0)))
+    # The two-sided form never overflows exp(), whatever the inputs.
+    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
+
 def churn_features(x: Mapping[str, float]) -> dict[str, float]:
     """Sanitised inputs as the churn models see them (a module-level function: it pickles by name).
 
@@ -112,12 +184,14 @@ def adaptive_tree(seed: int = 42) -> Any:
     return _shaped(tree.HoeffdingAdaptiveTreeClassifier(grace_period=100, leaf_prediction="nba", seed=seed))
 
 
-def learner(kind: Kind = "logistic", **options: Any) -> Classifier:
-    """The candidate `kind` behind `Learner` (unbalanced: see the module's docstring)."""
+def learner(kind: Kind = "logistic", *, prior_strength: float = PRIOR_STRENGTH, **options: Any) -> Classifier:
+    """The candidate `kind` behind `Learner`, shrunk toward `churn_prior` (see the module's docstring)."""
     if kind == "logistic":
-        return Classifier(logistic(**options))
-    if kind == "forest":
-        return Classifier(forest_model(**options))
-    if kind == "adaptive_tree":
-        return Classifier(adaptive_tree(**options))
-    raise ValueError(f"unknown churn model {kind!r}; choose logistic, forest or adaptive_tree")
+        model = logistic(**options)
+    elif kind == "forest":
+        model = forest_model(**options)
+    elif kind == "adaptive_tree":
+        model = adaptive_tree(**options)
+    else:
+        raise ValueError(f"unknown churn model {kind!r}; choose logistic, forest or adaptive_tree")
+    return Classifier(model, prior=churn_prior, prior_strength=prior_strength)

@@ -11,7 +11,9 @@ whole.
 
 - `Classifier`: `predict` is P(y = 1). Examples are not re-weighted by
   class: with labels two weeks late, weighting the first few positives up
-  made the early models swing (models/churn.py has the figures).
+  made the early models swing (models/churn.py has the figures). Optionally
+  shrunk toward a fixed prior until it has learned enough positives
+  (`prior_weight`).
 - `Regressor`: learns on log1p(y) and predicts expm1 of that, never below 0:
   spend is heavy-tailed, and a squared loss on the raw scale would chase the
   few big spenders. (Its predictions are so nearer a median than a mean, which
@@ -27,7 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from models.inputs import INPUTS, Input, sanitise
 
-__all__ = ["Classifier", "Learner", "Regressor"]
+__all__ = ["Classifier", "Learner", "Regressor", "prior_weight"]
 
 
 @runtime_checkable
@@ -56,18 +58,68 @@ class _Sanitising:
         return f"{type(self).__name__}({self.model!r}, learned={self.n_learned})"
 
 
+def prior_weight(positives: int, strength: float) -> float:
+    """The prior's share of a blended prediction: strength / (positives + strength), 1.0 down to 0.
+
+    `strength` is how many positives the model must have learned to count as
+    much as the prior (0: no prior).
+
+    >>> prior_weight(0, 500.0), prior_weight(500, 500.0), prior_weight(1500, 500.0), prior_weight(7, 0.0)
+    (1.0, 0.5, 0.25, 0.0)
+    """
+    if strength <= 0:
+        return 0.0
+    return strength / (max(positives, 0) + strength)
+
+
 class Classifier(_Sanitising):
-    """A River binary classifier behind `Learner`: predict() is P(y = 1)."""
+    """A River binary classifier behind `Learner`: predict() is P(y = 1).
+
+    With a `prior` (P(y = 1) from the sanitised inputs, module-level so it
+    pickles), a prediction is ``w * prior(x) + (1 - w) * model(x)``, with
+    ``w = prior_weight(positives learned, prior_strength)``: untrained, it
+    predicts the prior, and the model takes over as positives arrive. It
+    counts positives, not examples, because the rare class is what takes
+    long to arrive: churn negatives come with the user's next event, the
+    first positive only after days of silence (models/churn.py has the
+    figures).
+    """
+
+    # Class-level defaults: a Classifier pickled before the prior existed loads without one.
+    prior: Callable[[Mapping[str, float]], float] | None = None
+    prior_strength = 0.0
+    n_positive = 0
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        prior: Callable[[Mapping[str, float]], float] | None = None,
+        prior_strength: float = 0.0,
+    ) -> None:
+        super().__init__(model)
+        if prior is not None:
+            if not (math.isfinite(prior_strength) and prior_strength >= 0):
+                raise ValueError(f"Classifier: prior_strength must be a finite number >= 0, got {prior_strength!r}")
+            self.prior = prior
+            self.prior_strength = float(prior_strength)
+        self.n_positive = 0
 
     def predict(self, x: Mapping[str, float]) -> float:
-        proba = self.model.predict_proba_one(self._clean(x))
-        p = float(proba.get(True, 0.0))
+        clean = self._clean(x)
+        proba = self.model.predict_proba_one(clean)
         # An untrained model may answer {} : no opinion is 0.5, not 0.
-        return p if proba else 0.5
+        p = float(proba.get(True, 0.0)) if proba else 0.5
+        if self.prior is None:
+            return p
+        w = prior_weight(self.n_positive, self.prior_strength)
+        return p if w == 0.0 else w * self.prior(clean) + (1.0 - w) * p
 
     def learn(self, x: Mapping[str, float], y: float) -> None:
         self.n_learned += 1
-        self.model.learn_one(self._clean(x), bool(y >= 0.5))
+        label = bool(y >= 0.5)
+        self.n_positive += label
+        self.model.learn_one(self._clean(x), label)
 
 
 class Regressor(_Sanitising):

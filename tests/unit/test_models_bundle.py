@@ -19,8 +19,10 @@ from models.bundle import (
     new_bundle,
     score,
 )
-from models.inputs import sanitise
+from models.churn import churn_prior
+from models.inputs import model_inputs, sanitise
 from models.labels import DAY_MS, Example, example_id
+from models.learners import prior_weight
 from models.segments import SEGMENTS, Tiers
 from models.snapshot import SnapshotRefused, open_snapshot, seal
 
@@ -90,6 +92,8 @@ def test_untrained_bundle_scores_every_field_in_its_format() -> None:
     assert out["nbo_offer"] in OFFERS and re.fullmatch(r"-?\d+\.\d{4}", out["nbo_score"])
     assert out["models_version"] == "0"
     assert "nbo_offer" not in score(bundle, user(), NOW, TIERS, with_offer=False)
+    # untrained, the churn score is the fixed prior's, not the untrained model's 0.5
+    assert out["churn_score"] == f"{churn_prior(sanitise(model_inputs(user(), NOW))[0]):.4f}" != "0.5000"
 
 
 def test_a_user_never_seen_scores_without_error() -> None:
@@ -173,6 +177,7 @@ def test_rewards_teach_the_bandit_and_report_the_rate() -> None:
 
 def test_a_sealed_bundle_opens_and_scores_identically() -> None:
     bundle = trained(1500)
+    assert 0.0 < prior_weight(bundle.churn.n_positive, bundle.churn.prior_strength) < 1.0  # the blend is in play
     bundle.version = 7
     blob = seal(bundle, key=KEY, version=7, meta={"created_at": 0})
     opened = bundle_from_snapshot(open_snapshot(blob, key=KEY))

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import math
+import pickle
 import random
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from models import churn, clv
 from models.evaluation import RollingAUC
-from models.inputs import MODEL_KEYS
-from models.learners import Classifier, Learner, Regressor
+from models.inputs import MODEL_KEYS, sanitise
+from models.learners import Classifier, Learner, Regressor, prior_weight
 from models.snapshot import open_snapshot, seal
 
 KEY = b"s" * 32
@@ -139,3 +142,90 @@ def test_learners_round_trip_through_a_snapshot_and_keep_learning_alike() -> Non
             copy.learn(x, y)
             model.learn(x, y)
         assert [copy.predict(x) for x, _ in probes] == [model.predict(x) for x, _ in probes]
+
+
+# --- the cold-start prior ---------------------------------------------------------------------
+
+
+@given(st.integers(0, 10**9), st.integers(0, 10**9), st.floats(0.0, 1e6))
+def test_the_priors_weight_starts_at_one_and_shrinks_as_positives_arrive(a: int, b: int, strength: float) -> None:
+    lo, hi = sorted((a, b))
+    w_lo, w_hi = prior_weight(lo, strength), prior_weight(hi, strength)
+    assert 0.0 <= w_hi <= w_lo <= 1.0
+    assert prior_weight(0, strength) == (1.0 if strength > 0 else 0.0)
+    assert prior_weight(hi, 0.0) == 0.0
+
+
+def test_the_priors_weight_halves_at_its_strength() -> None:
+    assert prior_weight(1000, 1000.0) == 0.5
+    assert prior_weight(3000, 1000.0) == 0.25
+    assert prior_weight(-5, 1000.0) == 1.0  # a count never goes below 0
+
+
+def _prior(recency: float | None, events_7d: float = 0.0) -> float:
+    raw = {"events_7d": events_7d} if recency is None else {"recency_days": recency, "events_7d": events_7d}
+    return churn.churn_prior(sanitise(raw)[0])
+
+
+@given(st.floats(0.0, 1e7), st.floats(0.0, 1e7), st.floats(0.0, 1e7))
+def test_churn_prior_is_a_probability_rising_with_silence_and_falling_with_activity(
+    r1: float, r2: float, events: float
+) -> None:
+    short, long_ = sorted((r1, r2))
+    p_short, p_long = _prior(short, events), _prior(long_, events)
+    assert 0.0 <= p_short <= p_long <= 1.0
+    assert _prior(short, events + 5.0) <= p_short
+
+
+def test_churn_prior_separates_the_silent_from_the_active() -> None:
+    assert _prior(0.2, 30.0) < 0.05 < 0.8 < _prior(14.0, 0.0)
+    assert _prior(3.0) < _prior(10.0) < _prior(None)  # no event on record: treated as long silent
+    assert _prior(None) == pytest.approx(_prior(30.0))
+
+
+def test_an_untrained_churn_learner_predicts_its_prior_until_positives_arrive() -> None:
+    """Negatives come first (a user's next event): they alone must not hand over to the model."""
+    learner = churn.learner("logistic")
+    x = {"recency_days": 6.0, "events_7d": 2.0}
+    prior = churn.churn_prior(sanitise(x)[0])
+    assert learner.predict(x) == pytest.approx(prior)
+    for _ in range(500):
+        learner.learn({"recency_days": 0.5, "events_7d": 10.0}, 0.0)
+    assert learner.n_positive == 0 and learner.predict(x) == pytest.approx(prior)
+    for _ in range(int(churn.PRIOR_STRENGTH)):
+        learner.learn({"recency_days": 20.0, "events_7d": 0.0}, 1.0)
+    model_alone = float(learner.model.predict_proba_one(sanitise(x)[0])[True])
+    assert learner.predict(x) == pytest.approx(0.5 * prior + 0.5 * model_alone)  # as many positives as its strength
+
+
+def test_a_churn_learner_without_prior_is_the_model_alone() -> None:
+    learner = churn.learner("logistic", prior_strength=0.0)
+    rng = random.Random(4)
+    for _ in range(200):
+        learner.learn(*toy_churn(rng))
+    x = {"recency_days": 6.0, "events_7d": 2.0}
+    assert learner.predict(x) == float(learner.model.predict_proba_one(sanitise(x)[0])[True])
+    with pytest.raises(ValueError, match="prior_strength"):
+        Classifier(_Spy(), prior=churn.churn_prior, prior_strength=-1.0)
+
+
+def test_the_blended_churn_score_is_the_same_after_a_snapshot() -> None:
+    rng = random.Random(6)
+    learner = churn.learner("logistic")
+    for _ in range(600):
+        learner.learn(*toy_churn(rng))
+    assert 0.0 < prior_weight(learner.n_positive, learner.prior_strength) < 1.0  # mid-blend
+    opened = open_snapshot(seal(learner, key=KEY, version=1, meta={"created_at": 0}), key=KEY).models
+    assert isinstance(opened, Classifier) and opened.prior is churn.churn_prior
+    assert opened.n_positive == learner.n_positive
+    probes = [toy_churn(rng)[0] for _ in range(50)]
+    assert [opened.predict(x) for x in probes] == [learner.predict(x) for x in probes]
+
+
+def test_a_classifier_pickled_before_the_prior_loads_as_the_model_alone() -> None:
+    old = Classifier(_Spy())
+    del old.__dict__["n_positive"]  # what an older snapshot's Classifier holds
+    loaded = pickle.loads(pickle.dumps(old))
+    assert loaded.predict({}) == 0.3
+    loaded.learn({}, 1.0)
+    assert loaded.n_positive == 1 and loaded.predict({}) == 0.3
