@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
-from typing import Any
 
 from nudge.args import port
 from nudge.cli import settings_epilog
-from nudge.logs import RedactingFilter
 from nudge.settings import Settings
 
 __all__ = ["configure", "run"]
@@ -60,24 +57,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     # A Redis that is down is waited for (the worker retries); a wrong password or CA is not.
     check(settings, only_misconfigured=True)
     app = create_app(settings, web_port=args.web_port)
-    worker = redacting_worker(faust.Worker)(app, loglevel=args.loglevel, quiet=True)
+    worker = faust.Worker(app, loglevel=args.loglevel, quiet=True)
     worker.execute_from_commandline()
     return 0
-
-
-def redacting_worker(base: type[Any]) -> type[Any]:
-    """Faust's Worker whose log handlers redact secrets, phone numbers and tokens like every nudge command's.
-
-    The worker replaces the root logger's handlers with its own when it starts,
-    dropping the filter `nudge.logs.setup_logging` installed; `on_setup_root_logger`
-    is mode's hook for exactly this moment.
-    """
-
-    class RedactingWorker(base):  # type: ignore[misc]
-        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
-            super().on_setup_root_logger(logger, level)
-            for handler in logger.handlers:
-                if not any(isinstance(f, RedactingFilter) for f in handler.filters):
-                    handler.addFilter(RedactingFilter())
-
-    return RedactingWorker
