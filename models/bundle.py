@@ -52,6 +52,7 @@ __all__ = [
     "CHURN_BASELINES",
     "CUTS_EVERY",
     "CUTS_MIN_USERS",
+    "EARLY_LABELS_UNTIL",
     "QUALITY_WINDOW",
     "SCORE_FIELDS",
     "Evaluators",
@@ -91,6 +92,9 @@ QUALITY_WINDOW: Final = 5_000
 # every CUTS_EVERY sketch updates (a refresh walks ~2,000 buckets per dimension).
 CUTS_MIN_USERS: Final = 100
 CUTS_EVERY: Final = 1_000
+# The churn model learns the 7-day labels until the 14-day labels have brought this many
+# positives (models/churn.py has the figures); the early ones are a stand-in until then.
+EARLY_LABELS_UNTIL: Final = 1_000
 
 
 class _RollingMean:
@@ -140,8 +144,9 @@ class ModelBundle:
     """Every model, its learned counts and its live quality; version 0 is untrained.
 
     `rfm` is the trainer's sketch; `cuts` are what scorers grade with (None
-    until enough users were seen). `learned` counts examples per target
-    ("churn", "churn_7d", "clv_30d") and bandit "rewards". `quality` holds the latest
+    until enough users were seen). `learned` counts examples learned per
+    target ("churn", "churn_7d", "clv_30d"), bandit "rewards", and the 14-day
+    churn positives among them ("churn_positive"). `quality` holds the latest
     rolling figures (absent until defined): churn_auc, churn_baseline_auc,
     churn_log_loss, clv_mae, clv_baseline_mae, nbo_reward_rate.
     """
@@ -152,7 +157,9 @@ class ModelBundle:
     rfm: RFMQuantiles
     cuts: RFMCuts | None
     bandit: Policy
-    learned: dict[str, int] = field(default_factory=lambda: {"churn": 0, "churn_7d": 0, "clv_30d": 0, "rewards": 0})
+    learned: dict[str, int] = field(
+        default_factory=lambda: {"churn": 0, "churn_7d": 0, "clv_30d": 0, "rewards": 0, "churn_positive": 0}
+    )
     quality: dict[str, float] = field(default_factory=dict)
     evaluators: Evaluators = field(default_factory=Evaluators.new)
     churn_baseline_feature: str = ""
@@ -204,8 +211,13 @@ def score(bundle: ModelBundle, state: UserState, now_ms: int, tiers: Tiers, *, w
     return out
 
 
-def learn_example(bundle: ModelBundle, example: Example) -> None:
-    """Predict, score the prediction and the baselines, then learn (progressive validation)."""
+def learn_example(bundle: ModelBundle, example: Example) -> str | None:
+    """Predict, score the prediction and the baselines, then learn (progressive validation).
+
+    Returns None when the example was learned, else why not: "bad_label" (a
+    value label that is not a number) or "early_label_retired" (a 7-day churn
+    label once the 14-day ones have brought `EARLY_LABELS_UNTIL` positives).
+    """
     x, ev, q = example.inputs, bundle.evaluators, bundle.quality
     if example.target == "churn":
         label = example.label >= 0.5
@@ -221,14 +233,18 @@ def learn_example(bundle: ModelBundle, example: Example) -> None:
             bundle.churn_baseline_feature, q["churn_baseline_auc"] = best
         q["churn_log_loss"] = float(ev.churn_log_loss.get())
         bundle.learned["churn"] += 1
+        bundle.learned["churn_positive"] = bundle.learned.get("churn_positive", 0) + label
     elif example.target == "churn_7d":
         # Early labels teach the churn model what leaving looks like a week sooner
-        # (models/labels.py); the quality figures stay on the 14-day question.
+        # (models/labels.py), until the 14-day labels have brought enough positives:
+        # kept on, they pull the model toward the 7-day question's higher churn rate.
+        if bundle.learned.get("churn_positive", 0) >= EARLY_LABELS_UNTIL:
+            return "early_label_retired"
         bundle.churn.learn(x, float(example.label >= 0.5))
         bundle.learned["churn_7d"] = bundle.learned.get("churn_7d", 0) + 1
     elif example.target == "clv_30d":
         if not math.isfinite(example.label):
-            return  # Example.from_json accepts "NaN"; the regressor would count it anyway
+            return "bad_label"  # Example.from_json accepts "NaN"; the regressor would count it anyway
         ev.clv_mae.update(example.label, bundle.clv.predict(x))
         ev.clv_baseline_mae.update(example.label, float(x.get("spend_30d", 0.0)))
         bundle.clv.learn(x, example.label)
@@ -237,6 +253,7 @@ def learn_example(bundle: ModelBundle, example: Example) -> None:
         bundle.learned["clv_30d"] += 1
     else:  # pragma: no cover - Example.from_json refuses other targets
         raise ValueError(f"learn_example: unknown target {example.target!r}")
+    return None
 
 
 def learn_reward(bundle: ModelBundle, reward: BanditReward) -> None:

@@ -318,12 +318,11 @@ class _Trainer:
                 example = Example.from_json(value or b"")
                 if not self.seen_examples.add(example.example_id):
                     return self._skip("duplicate")
-                before = self.bundle.learned.get(example.target, 0)
-                learn_example(self.bundle, example)
-                if self.bundle.learned.get(example.target, 0) > before:
+                not_learned = learn_example(self.bundle, example)
+                if not_learned is None:
                     self.metrics.examples.labels(example.target).inc()
                 else:
-                    self._skip("bad_label")
+                    self._skip(not_learned)
             else:
                 reward = BanditReward.from_json(value or b"")
                 if not self.seen_rewards.add(reward.reward_id):

@@ -50,7 +50,7 @@ class TrainerMetrics:
         )
         self.skipped = Counter(
             "nudge_trainer_records_skipped_total",
-            "Input records not learned, by reason (malformed, duplicate, unknown_offer)",
+            "Input records not learned, by reason (malformed, duplicate, bad_label, early_label_retired, unknown_offer)",
             ["reason"],
             registry=r,
         )
@@ -84,7 +84,7 @@ class TrainerMetrics:
             self.refused.labels(reason)
         for target in ("churn", "churn_7d", "clv_30d"):
             self.examples.labels(target)
-        for skip in ("malformed", "duplicate", "bad_label", "unknown_offer"):
+        for skip in ("malformed", "duplicate", "bad_label", "early_label_retired", "unknown_offer"):
             self.skipped.labels(skip)
 
     def offers(self, offer_ids: Iterable[str]) -> None:

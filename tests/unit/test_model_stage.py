@@ -12,7 +12,8 @@ from typing import Any
 from features.definitions import DAY_MS, HOUR_MS
 from features.state import UserState
 from models.offers import by_id, load_offers
-from streams.model_stage import ModelStage
+from nudge.settings import Settings
+from streams.model_stage import OBSERVE_SILENT_FOR_MS, ModelStage, model_stage_for
 from streams.step import StepResult, expected_partition, step
 from tests.unit.test_features import T0, make
 from tests.unit.test_step import CONFIG, P, msg_of
@@ -69,6 +70,20 @@ def test_a_return_within_the_horizon_is_labelled_zero_at_the_event() -> None:
     result = batch(stage, states, make("b2", "app_open", T0 + 3 * DAY_MS + 1, user=B))
     assert churn(result) == {B: {0.0}}
     assert len([e for e in result.examples if e.target == "churn"]) >= 3  # one per day of silence
+
+
+def test_a_silent_user_teaches_for_90_days_after_its_latest_event_then_only_is_scored() -> None:
+    """Scored every day however long silent, so observed for labels too: not just the horizon's 14 days."""
+    stage, states = model_stage_for(Settings.from_env({})), {}
+    assert stage.observe_for_ms == OBSERVE_SILENT_FOR_MS == 90 * DAY_MS
+    batch(stage, states, make("a1", "page_view", T0, user=A))
+    observed: set[int] = set()
+    for day in range(15, 121, 15):
+        result = batch(stage, states, *tick(f"c{day}", T0 + day * DAY_MS))
+        observed |= {e.observed_at for e in result.examples if e.user_id == A and e.target == "churn"}
+    days = sorted((at - T0) // DAY_MS for at in observed)
+    # one per day of silence for 90 days, and none in the 30 days after (event time ran to day 120)
+    assert days[0] == 0 and days[-1] == 89 and len(days) == 90
 
 
 def test_a_push_received_is_not_a_return() -> None:

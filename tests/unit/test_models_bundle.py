@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+import models.bundle as bundle_module
 from features.state import UserState
 from models.bandit import BanditReward, reward_id
 from models.bundle import (
@@ -115,7 +116,9 @@ def test_trained_bundle_scores_rfm_and_churn_rises_with_silence() -> None:
 def test_learning_a_churn_stream_lifts_auc_and_reports_quality() -> None:
     bundle = trained()
     q = bundle.quality
-    assert bundle.learned == {"churn": 3000, "churn_7d": 0, "clv_30d": 1000, "rewards": 0}
+    positives = bundle.churn.n_positive  # only 14-day labels were learned
+    assert 600 < positives < 1200  # about 30 % churners
+    assert bundle.learned == {"churn": 3000, "churn_7d": 0, "clv_30d": 1000, "rewards": 0, "churn_positive": positives}
     assert q["churn_auc"] > 0.75
     assert 0.5 < q["churn_baseline_auc"] < 1 and bundle.churn_baseline_feature in (
         "recency_days",
@@ -142,6 +145,54 @@ def test_early_labels_teach_the_churn_model_without_touching_its_quality_figures
         sanitise({"recency_days": 0.2, "events_7d": 30.0})[0],
     )
     assert bundle.churn.predict(silent) > 0.5 > bundle.churn.predict(active)
+
+
+def early(e: Example) -> Example:
+    return Example(
+        example_id(e.user_id, e.observed_at, "churn_7d"),
+        e.user_id,
+        "churn_7d",
+        e.observed_at,
+        e.resolved_at,
+        e.inputs,
+        e.label,
+    )
+
+
+def test_early_labels_retire_once_the_14_day_labels_brought_enough_positives(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bundle_module, "EARLY_LABELS_UNTIL", 50)
+    rng = random.Random(4)
+    bundle = new_bundle(OFFERS)
+    i = 0
+    while bundle.learned["churn_positive"] < 50:
+        e = churn_example(rng, i)
+        assert learn_example(bundle, early(e)) is None  # still learned: too few 14-day positives
+        assert learn_example(bundle, e) is None
+        i += 1
+    assert bundle.learned["churn_7d"] == i
+    probe = sanitise({"recency_days": 9.0, "events_7d": 1.0})[0]
+    before = bundle.churn.predict(probe)
+    for j in range(200):
+        assert learn_example(bundle, early(churn_example(rng, i + j))) == "early_label_retired"
+    assert bundle.learned["churn_7d"] == i and bundle.churn.predict(probe) == before  # the model did not move
+    # the 14-day labels go on teaching
+    learn_example(bundle, churn_example(rng, i + 200))
+    assert bundle.learned["churn"] == i + 1
+
+
+def test_a_bundle_from_before_the_positive_count_keeps_learning_early_labels() -> None:
+    bundle = new_bundle(OFFERS)
+    del bundle.learned["churn_positive"]  # as pickled before the count existed
+    assert learn_example(bundle, early(churn_example(random.Random(5), 0))) is None
+    assert learn_example(bundle, churn_example(random.Random(5), 1)) is None
+    assert "churn_positive" in bundle.learned
+
+
+def test_a_value_label_that_is_not_a_number_is_not_learned() -> None:
+    bundle = new_bundle(OFFERS)
+    e = clv_example(random.Random(6), 0)
+    bad = Example(e.example_id, e.user_id, e.target, e.observed_at, e.resolved_at, e.inputs, float("nan"))
+    assert learn_example(bundle, bad) == "bad_label" and bundle.learned["clv_30d"] == 0
 
 
 def test_rfm_cuts_appear_after_enough_users() -> None:
