@@ -3,11 +3,16 @@
 The target is heavy-tailed (most users spend nothing in a month, a few
 spend a lot), so the learner (`models.learners.Regressor`) fits log1p(spend)
 and predicts back on the money scale. It learns the *correction* to a prior,
-the last 30 days' spend (`last_month_spend`, also the baseline we report):
-a value label takes 30 days of event time to arrive, and until the first
-ones do, a model that predicts the prior is as good as the baseline instead
-of predicting nothing (on a 60-day run, the evaluation days before day 30
-see no value label at all).
+`active_spend`: the last 30 days' spend (`last_month_spend`, the baseline we
+report) times the chance the user is still active, one minus the churn
+model's fixed prior (`models.churn.churn_prior`, set from what churn means,
+not fitted). A value label takes 30 days of event time to arrive, and until
+the first ones do, the model predicts its prior: on a 60-day run the
+evaluation days (12 to 30) see no value label at all, so there the prior is
+the whole model. Measured with `nudge eval` (MAE, model / last month's
+spend): simulator seed 42, 780.69 / 780.69 with last month's spend as the
+prior, 770.4 / 780.7 with `active_spend` (the run's observations, offline);
+completejourney 7.26 / 7.78 for the prior alone.
 
 The correction reads five inputs on a log scale (`value_features`: last
 month's spend and orders, last week's orders and events, recency) and learns
@@ -31,9 +36,10 @@ from typing import Any, Final, Literal
 
 from river import compose, linear_model, optim, preprocessing, tree
 
+from models.churn import churn_prior
 from models.learners import Regressor
 
-__all__ = ["VALUE_INPUTS", "last_month_spend", "learner", "linear", "tree_model", "value_features"]
+__all__ = ["VALUE_INPUTS", "active_spend", "last_month_spend", "learner", "linear", "tree_model", "value_features"]
 
 Kind = Literal["linear", "tree"]
 
@@ -78,10 +84,24 @@ def last_month_spend(x: Mapping[str, float]) -> float:
     return float(x.get("spend_30d", 0.0))
 
 
+def active_spend(x: Mapping[str, float]) -> float:
+    """The prior: last month's spend again, if the user is still active (1 - the fixed churn prior).
+
+    A user who shopped last month and is still around is expected to spend
+    about as much again; one who has fallen silent, much less.
+
+    >>> round(active_spend({"spend_30d": 100.0, "recency_days": 0.0, "events_7d": 9.0}), 2)
+    97.82
+    >>> round(active_spend({"spend_30d": 100.0, "recency_days": 20.0, "events_7d": 0.0}), 2)
+    4.45
+    """
+    return last_month_spend(x) * (1.0 - churn_prior(x))
+
+
 def learner(kind: Kind = "linear", **options: Any) -> Regressor:
-    """The candidate `kind` behind `Learner` (sanitised inputs, log1p target, corrections to the prior)."""
+    """The candidate `kind` behind `Learner` (sanitised inputs, log1p target, corrections to `active_spend`)."""
     if kind == "linear":
-        return Regressor(linear(**options), prior=last_month_spend)
+        return Regressor(linear(**options), prior=active_spend)
     if kind == "tree":
-        return Regressor(tree_model(**options), prior=last_month_spend)
+        return Regressor(tree_model(**options), prior=active_spend)
     raise ValueError(f"unknown CLV model {kind!r}; choose linear or tree")

@@ -64,15 +64,19 @@ def test_clv_learners_learn_spend(kind: Any) -> None:
 
 
 def test_an_untrained_value_model_predicts_its_prior_and_learns_the_correction() -> None:
-    """Value labels take 30 days: until then the prior (last month's spend) is the answer, not 0."""
+    """Value labels take 30 days: until then the prior (last month's spend, if still active) is the answer, not 0."""
     learner = clv.learner("linear")
-    assert learner.predict({"spend_30d": 120.0}) == pytest.approx(120.0)
-    assert learner.predict({"spend_30d": 0.0}) == 0.0
+    active = {"spend_30d": 120.0, "recency_days": 0.5, "events_7d": 10.0}
+    silent = {**active, "recency_days": 25.0, "events_7d": 0.0}
+    assert learner.predict(active) == pytest.approx(clv.active_spend(sanitise(active)[0]))
+    assert 100.0 < learner.predict(active) < 120.0  # nearly all of it: this user is around
+    assert learner.predict(silent) < 0.1 * learner.predict(active)  # gone quiet: little expected
+    assert learner.predict({**active, "spend_30d": 0.0}) == 0.0
     rng = random.Random(5)
-    for _ in range(3000):  # every user spends half of what they did
+    for _ in range(3000):  # every active user spends half of what they did
         past = rng.uniform(20, 400)
-        learner.learn({"spend_30d": past}, past / 2)
-    assert learner.predict({"spend_30d": 200.0}) == pytest.approx(100.0, rel=0.2)
+        learner.learn({**active, "spend_30d": past}, past / 2)
+    assert learner.predict({**active, "spend_30d": 200.0}) == pytest.approx(100.0, rel=0.2)
 
 
 class _Spy:
