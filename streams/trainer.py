@@ -28,12 +28,10 @@ import argparse
 import hashlib
 import logging
 import math
-import signal
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import Any, Final
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -48,6 +46,7 @@ from models.snapshot import Snapshot, SnapshotRefused, open_snapshot, seal
 from nudge.errors import ConfigError, DeliveryError, DependencyUnavailable
 from nudge.kafka_clients import connect
 from nudge.settings import Settings
+from nudge.stopping import stop_on_signals
 from nudge.text import printable
 from nudge.topics import ensure_topics
 from streams.trainer_metrics import TrainerMetrics
@@ -496,17 +495,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(
             f"NUDGE_TRAINER_METRICS_PORT={settings.trainer_metrics_port}: cannot serve metrics ({exc.strerror or exc})"
         ) from None
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        s = train(settings, stop=stop, metrics=metrics)
+        with stop_on_signals() as stop:
+            s = train(settings, stop=stop, metrics=metrics)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         server.shutdown()
     learned = ", ".join(f"{k} {v:,}" for k, v in s.learned.items())
     skipped = ", ".join(f"{k} {v:,}" for k, v in sorted(s.skipped.items())) or "none"

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from prometheus_client.registry import Collector
 
 from models.offers import Offer
 from nudge.settings import Settings
+from nudge.stopping import stop_on_signals
 from triggers.report import build_report, decision_record, feedback_record, purchase_record
 
 __all__ = ["CampaignRecords", "ReportCollector", "serve"]
@@ -202,39 +202,32 @@ def serve(args: argparse.Namespace, settings: Settings, offers: Mapping[str, Off
     port = args.metrics_port or settings.report_metrics_port
     server, _ = start_http_server(port, registry=registry)
     print(f"nudge report --serve: campaign figures on http://127.0.0.1:{port}/metrics, rebuilt every {args.every:g} s")
-    stopping = False
-
-    def _stop(*_: Any) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
     try:
-        while not stopping:
-            until = time.monotonic() + args.every
-            while time.monotonic() < until and not stopping:
-                for tp, messages in consumer.poll(timeout_ms=POLL_MS).items():
-                    kind = kinds[tp.topic]
-                    for m in messages:
-                        records.add(kind, m.value)
-            hours = SERVE_HOURS if args.hours is None else args.hours
-            records.forget_before(records.newest_decision_ms() - round(hours * 3_600_000))
-            began = time.perf_counter()
-            latest = build_report(
-                records.decisions, records.purchases, records.app_events, offers, settings.attribution_window_ms
-            )
-            collector.build_seconds = time.perf_counter() - began
-            collector.built_at = time.time()
-            ends = consumer.end_offsets(partitions)
-            lag = {(tp.topic, tp.partition): max(0, ends[tp] - consumer.position(tp)) for tp in partitions}
-            log.info(
-                "report rebuilt: %d rules, %d decisions, %d purchases kept, %.2f s",
-                len(latest["rules"]),
-                len(records.decisions),
-                len(records.purchases),
-                collector.build_seconds,
-            )
+        with stop_on_signals() as stop:
+            while not stop.is_set():
+                until = time.monotonic() + args.every
+                while time.monotonic() < until and not stop.is_set():
+                    for tp, messages in consumer.poll(timeout_ms=POLL_MS).items():
+                        kind = kinds[tp.topic]
+                        for m in messages:
+                            records.add(kind, m.value)
+                hours = SERVE_HOURS if args.hours is None else args.hours
+                records.forget_before(records.newest_decision_ms() - round(hours * 3_600_000))
+                began = time.perf_counter()
+                latest = build_report(
+                    records.decisions, records.purchases, records.app_events, offers, settings.attribution_window_ms
+                )
+                collector.build_seconds = time.perf_counter() - began
+                collector.built_at = time.time()
+                ends = consumer.end_offsets(partitions)
+                lag = {(tp.topic, tp.partition): max(0, ends[tp] - consumer.position(tp)) for tp in partitions}
+                log.info(
+                    "report rebuilt: %d rules, %d decisions, %d purchases kept, %.2f s",
+                    len(latest["rules"]),
+                    len(records.decisions),
+                    len(records.purchases),
+                    collector.build_seconds,
+                )
     finally:
         server.shutdown()
         consumer.close()

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import socket
 import sys
 import time
@@ -54,6 +53,7 @@ from nudge.errors import ConfigError, DeliveryError, DependencyUnavailable
 from nudge.layout import changes_streams, user_key
 from nudge.logs import display_url
 from nudge.settings import Settings
+from nudge.stopping import stop_on_signals
 from nudge.text import printable
 from triggers.decide import Context, Decision, Evaluation, evaluate, replaced
 from triggers.guardrails import choose_channel
@@ -536,14 +536,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     metrics.rules(rule.id for rule in rules.rules)
     start_http_server(args.metrics_port or settings.triggers_metrics_port, registry=metrics.registry)
     service = TriggerService(settings, rules, context, store, publisher, metrics, event_time=args.clock == "event")
-    stopping = False
-
-    def _stop(*_: Any) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
     log.info(
         "trigger service %s: %d rules from %s, Redis %s",
         service.consumer,
@@ -552,7 +544,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         display_url(settings.redis_url),
     )
     try:
-        service.run(lambda: stopping, tick_s=args.tick)
+        with stop_on_signals() as stop:
+            service.run(stop.is_set, tick_s=args.tick)
     finally:
         publisher.close()
     print(f"nudge triggers: stopped ({service.consumer})", file=sys.stderr)
