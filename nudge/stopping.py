@@ -1,11 +1,12 @@
 """Stopping a long-running command cleanly on SIGTERM or SIGINT.
 
 >>> import os, signal
+>>> before = signal.getsignal(signal.SIGTERM)
 >>> with stop_on_signals() as stop:
 ...     os.kill(os.getpid(), signal.SIGTERM)
 ...     stop.is_set()
 True
->>> signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # the previous handlers are back
+>>> signal.getsignal(signal.SIGTERM) is before   # the previous handler is back
 True
 """
 
