@@ -195,8 +195,8 @@ def score(bundle: ModelBundle, state: UserState, now_ms: int, tiers: Tiers, *, w
     raw = model_inputs(state, now_ms)
     clean, _ = sanitise(raw)
     out = {
-        "churn_score": f"{bundle.churn.predict(clean):.4f}",
-        "clv_30d": f"{bundle.clv.predict(clean):.2f}",
+        "churn_score": f"{bundle.churn.predict_clean(clean):.4f}",
+        "clv_30d": f"{bundle.clv.predict_clean(clean):.2f}",
     }
     orders, spend = raw["orders_total"], raw["spend_total"]
     if bundle.cuts is not None:

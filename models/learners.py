@@ -54,6 +54,14 @@ class _Sanitising:
             self.repairs.update(repairs)
         return clean
 
+    def predict(self, x: Mapping[str, float]) -> float:
+        return self.predict_clean(self._clean(x))
+
+    def predict_clean(self, clean: Mapping[str, float]) -> float:
+        """`predict` for inputs that are already `sanitise`'s output (the scorer's hot path:
+        `models.bundle.score` sanitises once for every model). Anything else goes through `predict`."""
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.model!r}, learned={self.n_learned})"
 
@@ -105,8 +113,7 @@ class Classifier(_Sanitising):
             self.prior_strength = float(prior_strength)
         self.n_positive = 0
 
-    def predict(self, x: Mapping[str, float]) -> float:
-        clean = self._clean(x)
+    def predict_clean(self, clean: Mapping[str, float]) -> float:
         proba = self.model.predict_proba_one(clean)
         # An untrained model may answer {} : no opinion is 0.5, not 0.
         p = float(proba.get(True, 0.0)) if proba else 0.5
@@ -141,8 +148,7 @@ class Regressor(_Sanitising):
     def _offset(self, clean: Mapping[str, float]) -> float:
         return 0.0 if self.prior is None else math.log1p(max(0.0, self.prior(clean)))
 
-    def predict(self, x: Mapping[str, float]) -> float:
-        clean = self._clean(x)
+    def predict_clean(self, clean: Mapping[str, float]) -> float:
         offset = self._offset(clean)
         raw = float(self.model.predict_one(clean)) + offset
         if not math.isfinite(raw):

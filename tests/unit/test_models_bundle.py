@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import random
 import re
+from typing import Any
 
 import pytest
 
 import models.bundle as bundle_module
+import models.inputs
+import models.learners
 from features.state import UserState
 from models.bandit import BanditReward, reward_id
 from models.bundle import (
@@ -95,6 +98,24 @@ def test_untrained_bundle_scores_every_field_in_its_format() -> None:
     assert "nbo_offer" not in score(bundle, user(), NOW, TIERS, with_offer=False)
     # untrained, the churn score is the fixed prior's, not the untrained model's 0.5
     assert out["churn_score"] == f"{churn_prior(sanitise(model_inputs(user(), NOW))[0]):.4f}" != "0.5000"
+
+
+def test_scoring_sanitises_the_inputs_once_for_every_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scorer's hot path: one pass of the gate per score, not one per model (it was three)."""
+    bundle = trained(300)
+    calls = []
+    real = models.inputs.sanitise
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    for module in (models.inputs, bundle_module, models.learners):
+        monkeypatch.setattr(module, "sanitise", counting)
+    out = score(bundle, user(), NOW, TIERS, with_offer=False)
+    assert len(calls) == 1 and float(out["churn_score"]) == pytest.approx(
+        bundle.churn.predict(model_inputs(user(), NOW)), abs=5e-5
+    )
 
 
 def test_a_user_never_seen_scores_without_error() -> None:

@@ -111,6 +111,24 @@ def test_nan_and_inf_never_reach_a_model(wrapper: Any) -> None:
     assert learner.repairs["non_finite"] == 6 and learner.repairs["clipped"] == 2 and learner.repairs["unknown"] == 2
 
 
+@given(
+    st.dictionaries(
+        st.sampled_from([*MODEL_KEYS, "junk"]),
+        st.floats(allow_nan=True, allow_infinity=True) | st.floats(0, 500),
+        max_size=12,
+    )
+)
+def test_predict_clean_on_sanitised_inputs_is_predict(raw: dict[str, float]) -> None:
+    """The scorer sanitises once and calls predict_clean: the same answer as predict on the raw inputs."""
+    churn_learner, clv_learner = churn.learner(), clv.learner()
+    for i in range(30):  # something learned, so the models' own parts count too
+        churn_learner.learn({"recency_days": float(i % 20), "events_7d": float(i % 7)}, float(i % 20 > 10))
+        clv_learner.learn({"spend_30d": float(10 * i), "recency_days": 1.0, "events_7d": 3.0}, 5.0 * i)
+    clean, _ = sanitise(raw)
+    assert churn_learner.predict_clean(clean) == churn_learner.predict(raw)
+    assert clv_learner.predict_clean(clean) == clv_learner.predict(raw)
+
+
 def test_regressor_skips_a_non_finite_target() -> None:
     spy = _Spy()
     learner = Regressor(spy)
