@@ -31,6 +31,7 @@ from models.bandit import (
     uniform,
     update,
 )
+from models.inputs import sanitise
 from models.offers import CATEGORIES, OfferCatalogError, by_id, load_offers, parse_offers
 from producers.simulator import CATEGORIES as SIM_CATEGORIES
 from producers.simulator import COHORTS, TRUE_CONVERSION
@@ -422,3 +423,68 @@ def test_open_exposures_are_capped_by_event_time_not_by_the_watermark() -> None:
         opened.append(ok)
     # The third is refused; at T0 + WINDOW the first window has closed, so there is room again.
     assert opened == [True, True, False, True]
+
+
+def _learned_policy(seed: int) -> Policy:
+    rng = random.Random(seed)
+    policy = new_policy(IDS)
+    for _ in range(800):
+        context = _context(rng)
+        update(policy, context, rng.choice(IDS), float(rng.random() < 0.15))
+    return policy
+
+
+def _context(rng: random.Random) -> dict[str, float]:
+    raw = {
+        "recency_days": rng.uniform(0, 40),
+        "clicks_30d": float(rng.randrange(0, 80)),
+        "cart_rate_30d": rng.random(),
+        "purchases_30d": float(rng.randrange(0, 6)),
+        "offer_purchases_30d": float(rng.randrange(0, 3)),
+        "app_opens_7d": float(rng.randrange(0, 12)),
+    }
+    if rng.random() < 0.3:
+        del raw["cart_rate_30d"]
+    return sanitise(raw)[0]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10**6))
+def test_the_posterior_read_once_scores_as_river_does(seed: int) -> None:
+    """The scorer's fast path (the arms' posterior read through predict_one, then two products) is River's answer."""
+    policy, rng = _learned_policy(seed % 7), random.Random(seed)
+    for _ in range(20):
+        x = policy.features(_context(rng))
+        models.bandit._posterior = None
+        river = models.bandit._mean_and_ucb(policy, x)  # first call on this policy: River itself
+        models.bandit._mean_and_ucb(policy, x)  # second: the posterior is read
+        assert models.bandit._posterior is not None and models.bandit._posterior[2] is not None
+        fast = models.bandit._mean_and_ucb(policy, x)
+        for oid in IDS:
+            assert fast[oid] == pytest.approx(river[oid], abs=1e-9)
+
+
+def test_the_posterior_is_read_again_after_learning_and_never_inside_a_learning_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    policy, rng = _learned_policy(1), random.Random(2)
+    monkeypatch.setattr(models.bandit, "_posterior", None)
+    reads = []
+    real = models.bandit._read_posterior
+
+    def counting(p: Policy) -> object:
+        reads.append(p.n_updates)
+        return real(p)
+
+    monkeypatch.setattr(models.bandit, "_read_posterior", counting)
+    for _ in range(5):  # learn between choices: River answers, nothing is read
+        choose(policy, _context(rng), 0.5)
+        update(policy, _context(rng), IDS[0], 1.0)
+    assert reads == []
+    for _ in range(5):  # a scorer's policy does not learn: read once, at the second choice
+        choose(policy, _context(rng), 0.5)
+    assert reads == [policy.n_updates]
+    untrained = new_policy(IDS)  # a new snapshot's policy: read anew, and its arms still tie
+    choose(untrained, _context(rng), 0.5)
+    assert choose(untrained, _context(rng), 0.95).propensity == pytest.approx(1 / len(IDS))
+    assert reads == [policy.n_updates, 0]
