@@ -256,17 +256,19 @@ def learn_example(bundle: ModelBundle, example: Example) -> str | None:
     return None
 
 
-def learn_reward(bundle: ModelBundle, reward: BanditReward) -> None:
-    """Learn one logged exposure and its reward; an offer no longer in the catalog is skipped."""
+def learn_reward(bundle: ModelBundle, reward: BanditReward) -> str | None:
+    """Learn one logged exposure and its reward; None when learned, else why not, as `learn_example`:
+    "bad_label" (a reward that is not a number) or "unknown_offer" (no longer in the catalog)."""
     if not math.isfinite(reward.reward):
-        return
+        return "bad_label"
     if not bandit_update(bundle.bandit, reward.context, reward.offer_id, reward.reward):
-        return
+        return "unknown_offer"
     bundle.evaluators.nbo_reward.update(reward.reward)
     rate = bundle.evaluators.nbo_reward.get()
     if rate is not None:
         bundle.quality["nbo_reward_rate"] = rate
     bundle.learned["rewards"] += 1
+    return None
 
 
 def _update_rfm(bundle: ModelBundle, x: Mapping[str, float]) -> None:

@@ -326,12 +326,11 @@ class _Trainer:
                 reward = BanditReward.from_json(value or b"")
                 if not self.seen_rewards.add(reward.reward_id):
                     return self._skip("duplicate")
-                before = self.bundle.learned["rewards"]
-                learn_reward(self.bundle, reward)
-                if self.bundle.learned["rewards"] > before:
+                not_learned = learn_reward(self.bundle, reward)
+                if not_learned is None:
                     self.metrics.rewards.labels(reward.offer_id, "1" if reward.reward > 0 else "0").inc()
                 else:
-                    self._skip("unknown_offer")
+                    self._skip(not_learned)
         except ValueError as exc:
             self._skip("malformed")
             log.warning("skipped %s:%d@%d: %s", topic, partition, offset, printable(str(exc))[:200])

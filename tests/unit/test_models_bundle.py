@@ -243,7 +243,8 @@ def test_rewards_teach_the_bandit_and_report_the_rate() -> None:
     assert bundle.learned["rewards"] == 200
     assert bundle.quality["nbo_reward_rate"] == pytest.approx(1 / 3, abs=0.01)
     unknown = BanditReward("z", "u", "retired", 0, 1, ctx, 1.0, 0.5)
-    learn_reward(bundle, unknown)
+    assert learn_reward(bundle, unknown) == "unknown_offer"
+    assert learn_reward(bundle, BanditReward("n", "u", "home10", 0, 1, ctx, float("nan"), 0.5)) == "bad_label"
     assert bundle.learned["rewards"] == 200
 
 
