@@ -229,6 +229,12 @@ def test_two_workers_then_a_third_joining_mid_stream(
         third = WorkerProcess(unique_topics, web_port=free_port(), log_path=log_path(tmp_path, "scale2")).start()
         workers.append(third)
         wait_for_parity(unique_topics, reference, workers, timeout=300)
+        # On a slow machine the first two can finish before the third serves /metrics (CI, stop 17).
+        third.wait_ready(120)
+        ready_by = time.monotonic() + 60
+        while not _serving(third):
+            assert time.monotonic() < ready_by, "the third worker never served /metrics"
+            time.sleep(0.2)
         busy = [w for w in workers if w.total("nudge_stream_events_total") > 0]
         assert len(busy) >= 2, "the partitions were not shared"
     finally:
