@@ -30,7 +30,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
@@ -40,6 +39,7 @@ from nudge.args import integer, number, output_file
 from nudge.errors import ConfigError
 from nudge.kafka_clients import connect
 from nudge.settings import Settings
+from nudge.stopping import stop_on_signals
 from nudge.text import printable, quoted
 from nudge.topics import topic_name_problem
 from producers.logfile import LogWriter, encode_record
@@ -257,13 +257,8 @@ def _iso(ms: int | None) -> str:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    stop = threading.Event()
-
-    def on_sigterm(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
+    # SIGTERM only: Ctrl-C is a KeyboardInterrupt, which `record` handles itself.
+    with stop_on_signals(signal.SIGTERM) as stop:
         stats = record(
             settings,
             args.out,
@@ -276,8 +271,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             on_ready=lambda: print(f"recording {', '.join(args.topics or settings.input_topics)} ...", file=sys.stderr),
             progress=sys.stderr.isatty(),
         )
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     print(f"recorded {stats.messages:,} messages into {stats.path} in {stats.elapsed_s:.1f} s ({stats.stopped_by})")
     print(f"  {'topic':30} {'messages':>10} {'bytes':>12} {'partitions':>10}  first .. last timestamp")
     for topic, t in stats.topics.items():
